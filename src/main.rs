@@ -1,1 +1,31 @@
-fn main() {}
+//! `projector`: the command-line entry point. Thin glue over the `engine` and `replay` crates.
+
+mod cli;
+mod cmd;
+mod logging;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    logging::init(args.log_format, &args.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cmd::dispatch(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line that says what went wrong and what to do; no backtrace.
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Configuration: `config/projector.toml` (compiled in as the defaults) plus env overrides.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The built-in configuration: the same file operators read in the repository.
+pub const DEFAULT_TOML: &str = include_str!("../../config/projector.toml");
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// A duration written as `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d` (e.g. `30d`).
+///
+/// ```
+/// use engine::config::parse_duration;
+/// assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
+/// assert!(parse_duration("2 weeks").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m, h or d)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {text:?} does not start with a number"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "duration {text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub creds_file: Option<String>,
+    #[serde(default)]
+    pub tls_required: bool,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neo4jConfig {
+    pub uri: String,
+    pub user: String,
+    pub password: String,
+}
+
+// Secrets never reach logs: Debug hides the password.
+impl std::fmt::Debug for Neo4jConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Neo4jConfig")
+            .field("uri", &self.uri)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValkeyConfig {
+    pub url: String,
+    #[serde(default)]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamDefaults {
+    pub replicas: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub duplicate_window: Duration,
+}
+
+/// One stream as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamEntry {
+    pub name: String,
+    pub subjects: Vec<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+    pub max_msgs: i64,
+    pub replicas: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub duplicate_window: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    pub stream: String,
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorEntry {
+    pub name: String,
+    pub streams: Vec<String>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub subject_prefix: String,
+    pub nats: NatsConfig,
+    pub neo4j: Neo4jConfig,
+    pub valkey: ValkeyConfig,
+    pub stream_defaults: StreamDefaults,
+    pub streams: Vec<StreamEntry>,
+    pub dead_letters: DeadLetterConfig,
+    pub projectors: Vec<ProjectorEntry>,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// The file at `path`, or the built-in defaults when `None`; then env overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Config::from_toml(&text, &p.display().to_string())?
+            }
+            None => Config::from_toml(DEFAULT_TOML, "built-in config/projector.toml")?,
+        };
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        cfg.apply_env(&env);
+        Ok(cfg)
+    }
+
+    /// Env overrides, including the seed ConfigMap names (`REDIS_HOST`, `REDIS_PORT`).
+    pub fn apply_env(&mut self, env: &BTreeMap<String, String>) {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        if let Some(v) = get("NATS_URL") {
+            self.nats.url = v;
+        }
+        if let Some(v) = get("NATS_USER") {
+            self.nats.user = Some(v);
+        }
+        if let Some(v) = get("NATS_PASSWORD") {
+            self.nats.password = Some(v);
+        }
+        if let Some(v) = get("NATS_TOKEN") {
+            self.nats.token = Some(v);
+        }
+        if let Some(v) = get("NATS_CREDS") {
+            self.nats.creds_file = Some(v);
+        }
+        if let Some(v) = get("NEO4J_URI") {
+            self.neo4j.uri = v;
+        }
+        if let Some(v) = get("NEO4J_USER").or_else(|| get("NEO4J_USERNAME")) {
+            self.neo4j.user = v;
+        }
+        if let Some(v) = get("NEO4J_PASSWORD") {
+            self.neo4j.password = v;
+        }
+        if let Some(v) = get("VALKEY_URL").or_else(|| get("REDIS_URL")) {
+            self.valkey.url = v;
+        } else if let Some(host) = get("REDIS_HOST").or_else(|| get("VALKEY_HOST")) {
+            let port = get("REDIS_PORT")
+                .or_else(|| get("VALKEY_PORT"))
+                .unwrap_or_else(|| "6379".into());
+            self.valkey.url = format!("redis://{host}:{port}");
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.streams {
+            if !names.insert(s.name.as_str()) {
+                return Err(bad(format!("stream {} is defined twice", s.name)));
+            }
+            if s.subjects.is_empty() {
+                return Err(bad(format!("stream {} has no subjects", s.name)));
+            }
+        }
+        for p in &self.projectors {
+            for s in &p.streams {
+                if !names.contains(s.as_str()) {
+                    return Err(bad(format!(
+                        "projector {} reads stream {s}, which is not defined under [[streams]]",
+                        p.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The projector named `name`.
+    pub fn projector(&self, name: &str) -> Option<&ProjectorEntry> {
+        self.projectors.iter().find(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_config_has_the_five_seed_streams() {
+        let cfg = Config::from_toml(DEFAULT_TOML, "test").unwrap();
+        let got: Vec<(&str, u64, i64)> = cfg
+            .streams
+            .iter()
+            .map(|s| (s.name.as_str(), s.max_age.as_secs(), s.max_msgs))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("PLANNING_EVENTS", 30 * 86_400, 1_000_000),
+                ("CONTEXT_EVENTS", 7 * 86_400, 100_000),
+                ("ORCHESTRATOR_EVENTS", 7 * 86_400, 50_000),
+                ("AGENT_COMMANDS", 3_600, 10_000),
+                ("AGENT_RESPONSES", 3_600, 10_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn env_overrides_and_seed_names() {
+        let mut cfg = Config::from_toml(DEFAULT_TOML, "test").unwrap();
+        let env = BTreeMap::from([
+            ("NATS_URL".to_string(), "nats://n:1".to_string()),
+            ("REDIS_HOST".to_string(), "valkey.svc".to_string()),
+            ("NEO4J_PASSWORD".to_string(), "s3cret".to_string()),
+        ]);
+        cfg.apply_env(&env);
+        assert_eq!(cfg.nats.url, "nats://n:1");
+        assert_eq!(cfg.valkey.url, "redis://valkey.svc:6379");
+        assert!(!format!("{:?}", cfg.neo4j).contains("s3cret"));
+    }
+
+    #[test]
+    fn projector_on_unknown_stream_is_refused() {
+        let text = DEFAULT_TOML.replace(
+            "streams = [\"PLANNING_EVENTS\",",
+            "streams = [\"NOPE\", \"PLANNING_EVENTS\",",
+        );
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("reads stream NOPE"), "{err}");
+    }
+}

@@ -1,0 +1,63 @@
+//! Connecting to NATS with a bounded wait and the configured auth.
+
+use crate::config::NatsConfig;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("cannot connect to NATS at {url}: {message} (is the server up? `dev/stack status`)")]
+    Unreachable { url: String, message: String },
+    #[error(
+        "cannot connect to NATS at {url} within {secs}s (is the server up? `dev/stack status`)"
+    )]
+    Timeout { url: String, secs: u64 },
+    #[error("NATS credentials file {path}: {message}")]
+    Creds { path: String, message: String },
+}
+
+/// Connects with the configured auth; fails within `connect_timeout`, never hangs.
+///
+/// The connection reconnects by itself after the first success (async-nats retries forever
+/// with backoff); only the first connect is bounded.
+pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("projector")
+        .connection_timeout(cfg.connect_timeout)
+        .require_tls(cfg.tls_required);
+    if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &cfg.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(path) = &cfg.creds_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| ConnectError::Creds {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    // A list of servers is given comma-separated; async-nats wants them split.
+    let servers: Vec<async_nats::ServerAddr> = cfg
+        .url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| ConnectError::Unreachable {
+            url: cfg.url.clone(),
+            message: e.to_string(),
+        })?;
+    match tokio::time::timeout(cfg.connect_timeout * 2, opts.connect(servers)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(ConnectError::Unreachable {
+            url: cfg.url.clone(),
+            message: e.to_string(),
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            url: cfg.url.clone(),
+            secs: (cfg.connect_timeout * 2).as_secs(),
+        }),
+    }
+}

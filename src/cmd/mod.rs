@@ -1,0 +1,34 @@
+//! One module per subcommand; each returns an exit code or a [`CliError`].
+
+mod streams;
+
+use crate::cli::{Cli, Command};
+use std::process::ExitCode;
+use thiserror::Error;
+
+/// Errors that end a command, with the exit code they map to.
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] engine::config::ConfigError),
+    #[error(transparent)]
+    Connect(#[from] engine::nats::ConnectError),
+    #[error(transparent)]
+    Streams(#[from] engine::streams::StreamError),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    let cfg = engine::config::Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Streams(c) => streams::run(&cfg, c).await,
+    }
+}

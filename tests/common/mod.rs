@@ -1,0 +1,176 @@
+//! Shared helpers for the integration tests. They run against the real local stack
+//! (`dev/stack up`); every test isolates itself with unique stream, subject and key names.
+#![allow(dead_code)]
+
+use engine::config::{Config, DEFAULT_TOML};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const STREAMS: [&str; 6] = [
+    "PLANNING_EVENTS",
+    "CONTEXT_EVENTS",
+    "ORCHESTRATOR_EVENTS",
+    "AGENT_COMMANDS",
+    "AGENT_RESPONSES",
+    "PROJECTOR_DLQ",
+];
+
+/// A unique lowercase tag, e.g. `t4f2a1c9`, for names that must not collide across runs.
+pub fn tag() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{:x}{:x}{}",
+        std::process::id(),
+        nanos % 0xffff_ffff,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A test's own configuration: streams, subjects, dead letters and cache keys all carry
+/// the tag, so tests never see each other's data on the shared servers.
+pub struct TestConfig {
+    pub tag: String,
+    pub upper: String,
+    pub cfg: Config,
+    pub path: PathBuf,
+}
+
+impl TestConfig {
+    pub fn new() -> TestConfig {
+        Self::with(|t| t)
+    }
+
+    /// Like `new`, with a last edit of the TOML text.
+    pub fn with(edit: impl FnOnce(String) -> String) -> TestConfig {
+        let tag = tag();
+        let upper = tag.to_uppercase();
+        let mut text = DEFAULT_TOML.to_string();
+        for s in STREAMS {
+            text = text.replace(&format!("\"{s}\""), &format!("\"{upper}_{s}\""));
+        }
+        text = text
+            .replace(
+                "subject_prefix = \"\"",
+                &format!("subject_prefix = \"{tag}.\""),
+            )
+            .replace("[\"planning.>\"]", &format!("[\"{tag}.planning.>\"]"))
+            .replace("[\"context.>\"]", &format!("[\"{tag}.context.>\"]"))
+            .replace(
+                "[\"orchestration.>\"]",
+                &format!("[\"{tag}.orchestration.>\"]"),
+            )
+            .replace("[\"agent.cmd.>\"]", &format!("[\"{tag}.agent.cmd.>\"]"))
+            .replace(
+                "[\"agent.response.>\"]",
+                &format!("[\"{tag}.agent.response.>\"]"),
+            )
+            .replace(
+                "subject_prefix = \"projector.dlq\"",
+                &format!("subject_prefix = \"{tag}.projector.dlq\""),
+            )
+            .replace("key_prefix = \"\"", &format!("key_prefix = \"{tag}:\""));
+        let text = edit(text);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("{tag}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        let mut cfg = Config::from_toml(&text, "test").unwrap();
+        cfg.apply_env(&std::env::vars().collect());
+        TestConfig {
+            tag,
+            upper,
+            cfg,
+            path,
+        }
+    }
+
+    /// This test's name for one of the standard streams.
+    pub fn stream(&self, base: &str) -> String {
+        format!("{}_{}", self.upper, base)
+    }
+
+    /// This test's subject for a catalog subject.
+    pub fn subject(&self, catalog_subject: &str) -> String {
+        format!("{}.{}", self.tag, catalog_subject)
+    }
+
+    /// Runs the projector binary with this config.
+    pub fn projector(&self, args: &[&str]) -> Output {
+        projector_with(&self.path, args)
+    }
+}
+
+pub fn projector_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_projector"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("projector binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `dev/stack ARGS` and panics with its output when it fails.
+pub fn stack(args: &[&str]) {
+    let out = Command::new(repo_root().join("dev/stack"))
+        .args(args)
+        .output()
+        .expect("dev/stack runs");
+    assert!(
+        out.status.success(),
+        "dev/stack {args:?} failed:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+pub async fn nats(cfg: &Config) -> async_nats::Client {
+    engine::nats::connect(&cfg.nats)
+        .await
+        .expect("NATS is up (run `dev/stack up`)")
+}
+
+pub fn neo4j(cfg: &Config) -> neo4rs::Graph {
+    neo4rs::Graph::new(&cfg.neo4j.uri, &cfg.neo4j.user, &cfg.neo4j.password).unwrap()
+}
+
+pub async fn valkey(cfg: &Config) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(cfg.valkey.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Valkey is up (run `dev/stack up`)")
+}
+
+/// Retries an async check until it holds or `secs` pass (for servers coming back up).
+pub async fn eventually<F, Fut, T, E: std::fmt::Debug>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("gave up after {secs}s: {e:?}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+}

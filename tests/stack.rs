@@ -1,0 +1,260 @@
+//! Foundation: the real stack keeps data across restarts, and streams are persistent.
+//!
+//! Tests here restart servers, so they take one lock and run one at a time.
+
+mod common;
+
+use async_nats::jetstream::{self, stream::StorageType};
+use common::*;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, MutexGuard};
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ensure_creates_the_five_seed_streams_in_file_storage() {
+    let _g = serial().await;
+    let t = TestConfig::new();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).matches("created (file storage)").count(), 6);
+
+    let js = jetstream::new(nats(&t.cfg).await);
+    for (base, age_secs, msgs) in [
+        ("PLANNING_EVENTS", 30 * 86_400, 1_000_000),
+        ("CONTEXT_EVENTS", 7 * 86_400, 100_000),
+        ("ORCHESTRATOR_EVENTS", 7 * 86_400, 50_000),
+        ("AGENT_COMMANDS", 3_600, 10_000),
+        ("AGENT_RESPONSES", 3_600, 10_000),
+    ] {
+        let mut s = js.get_stream(t.stream(base)).await.unwrap();
+        let c = &s.info().await.unwrap().config;
+        assert_eq!(c.storage, StorageType::File, "{base}");
+        assert_eq!(c.max_age, Duration::from_secs(age_secs), "{base}");
+        assert_eq!(c.max_messages, msgs, "{base}");
+        assert_eq!(c.duplicate_window, Duration::from_secs(120), "{base}");
+    }
+
+    // Idempotent, and status shows every stream in file storage.
+    let again = t.projector(&["streams", "ensure"]);
+    assert!(again.status.success());
+    assert_eq!(stdout(&again).matches(": ok").count(), 6);
+    let status = t.projector(&["streams", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let storages: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["storage"].as_str().unwrap())
+        .collect();
+    assert_eq!(storages, vec!["file"; 6]);
+}
+
+async fn memory_stream_with_messages(t: &TestConfig, n: usize) -> jetstream::Context {
+    let js = jetstream::new(nats(&t.cfg).await);
+    let spec = engine::streams::specs(&t.cfg)
+        .into_iter()
+        .find(|s| s.name == t.stream("PLANNING_EVENTS"))
+        .unwrap();
+    let mut c = spec.config();
+    c.storage = StorageType::Memory; // the seeds' bug #1
+    js.create_stream(c).await.unwrap();
+    let subject = t.subject("planning.story.created");
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let body = format!("{{\"story_id\":\"US-{i}\"}}");
+        acks.push(js.publish(subject.clone(), body.into()).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    js
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stream_is_drift_reported_field_by_field_with_exit_2() {
+    let _g = serial().await;
+    let t = TestConfig::new();
+    memory_stream_with_messages(&t, 3).await;
+    let out = t.projector(&["streams", "ensure"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("storage"))
+        .unwrap_or_else(|| panic!("no storage line in:\n{text}"));
+    assert!(
+        line.contains("wanted file") && line.contains("found memory"),
+        "{line}"
+    );
+    assert!(text.contains(&format!("{}: DRIFT", t.stream("PLANNING_EVENTS"))));
+}
+
+async fn read_all(js: &jetstream::Context, stream: &str, last: u64) -> Vec<(u64, String)> {
+    let s = js.get_stream(stream).await.unwrap();
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = s.get_raw_message(seq).await.unwrap();
+        out.push((m.sequence, String::from_utf8(m.payload.to_vec()).unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_moves_1000_messages_to_file_keeping_sequences_and_survives_nats_restart() {
+    let _g = serial().await;
+    let t = TestConfig::new();
+    let js = memory_stream_with_messages(&t, 1000).await;
+    let name = t.stream("PLANNING_EVENTS");
+    let before = read_all(&js, &name, 1000).await;
+
+    let out = t.projector(&["streams", "ensure", "--migrate"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("migrated to file storage (1000 messages, sequences 1..1000 kept)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let check = |js: jetstream::Context| {
+        let name = name.clone();
+        let before = before.clone();
+        async move {
+            let mut s = js.get_stream(&name).await.unwrap();
+            let info = s.info().await.unwrap().clone();
+            assert_eq!(info.config.storage, StorageType::File);
+            assert!(info.config.mirror.is_none());
+            assert_eq!(info.state.messages, 1000);
+            assert_eq!(
+                (info.state.first_sequence, info.state.last_sequence),
+                (1, 1000)
+            );
+            assert_eq!(read_all(&js, &name, 1000).await, before);
+        }
+    };
+    check(js.clone()).await;
+    // The promoted stream takes new messages on its subjects again, at the next sequence.
+    let ack = js
+        .publish(
+            t.subject("planning.story.created"),
+            "{\"story_id\":\"US-new\"}".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.sequence, 1001);
+    js.get_stream(&name)
+        .await
+        .unwrap()
+        .delete_message(1001)
+        .await
+        .unwrap();
+    // And nothing is left of the temporary mirror.
+    assert!(js.get_stream(format!("{name}_MIGRATING")).await.is_err());
+
+    stack(&["restart", "nats"]);
+    let js = jetstream::new(nats(&t.cfg).await);
+    // After a restart the data is back from disk; the deleted 1001 keeps the last seq there.
+    let mut s = js.get_stream(&name).await.unwrap();
+    let info = s.info().await.unwrap().clone();
+    assert_eq!(info.config.storage, StorageType::File);
+    assert_eq!(info.state.messages, 1000);
+    assert_eq!(read_all(&js, &name, 1000).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_in_all_three_servers_survives_a_stack_restart() {
+    let _g = serial().await;
+    let t = TestConfig::new();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+    let ack = js
+        .publish(
+            t.subject("planning.story.created"),
+            "{\"story_id\":\"US-SURVIVE\"}".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut kv = valkey(&t.cfg).await;
+    let key = format!("{}:survive", t.tag);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("still here")
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    let graph = neo4j(&t.cfg);
+    graph
+        .run(neo4rs::query("CREATE (:SurvivalProbe {tag: $tag})").param("tag", t.tag.clone()))
+        .await
+        .unwrap();
+
+    stack(&["restart"]);
+
+    let js = jetstream::new(nats(&t.cfg).await);
+    let m = js
+        .get_stream(t.stream("PLANNING_EVENTS"))
+        .await
+        .unwrap()
+        .get_raw_message(ack.sequence)
+        .await
+        .unwrap();
+    assert_eq!(&m.payload[..], b"{\"story_id\":\"US-SURVIVE\"}");
+    let mut kv = valkey(&t.cfg).await;
+    let v: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    assert_eq!(v, "still here");
+    let graph = neo4j(&t.cfg);
+    let mut rows = graph
+        .execute(
+            neo4rs::query("MATCH (p:SurvivalProbe {tag: $tag}) RETURN count(p) AS n")
+                .param("tag", t.tag.clone()),
+        )
+        .await
+        .unwrap();
+    let n: i64 = rows.next().await.unwrap().unwrap().get("n").unwrap();
+    assert_eq!(n, 1);
+    graph
+        .run(
+            neo4rs::query("MATCH (p:SurvivalProbe {tag: $tag}) DELETE p")
+                .param("tag", t.tag.clone()),
+        )
+        .await
+        .unwrap();
+    // The Neo4j shutdown was clean: SIGTERM ran the launcher's shutdown hook.
+    let logs = std::env::var("STACK_LOGS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".local/logs"));
+    let prev = std::fs::read_to_string(logs.join("neo4j.log.prev")).unwrap();
+    assert!(prev.contains("neo4j-launcher: stopped cleanly"), "{prev}");
+}
+
+#[test]
+fn unreachable_nats_is_a_one_line_error_with_exit_1_within_seconds() {
+    let t = TestConfig::new();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(["--config", t.path.to_str().unwrap(), "streams", "status"])
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: cannot connect to NATS at nats://127.0.0.1:1"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
