@@ -44,6 +44,85 @@ pub enum Command {
     /// Create, check, migrate and inspect the persistent JetStream streams.
     #[command(subcommand)]
     Streams(StreamsCommand),
+    /// Run the projectors: read the streams from their checkpoints, write Neo4j and Valkey.
+    ///
+    /// One durable pull consumer per projector and stream, positioned at the stored
+    /// checkpoint + 1. Each batch goes to Neo4j in one transaction with its checkpoint, then
+    /// to Valkey with a Valkey-side checkpoint, then outbound events are published, then the
+    /// messages are acked. Transient errors are retried with backoff (nothing is acked
+    /// meanwhile); permanent ones park the event in the dead-letter stream. SIGTERM/SIGINT
+    /// finish the batch in flight and exit 0.
+    Run(RunArgs),
+    /// Benchmark and sample-data tools.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OnErrorArg {
+    /// Park the event (and later events of its story) in the dead-letter stream; go on.
+    Park,
+    /// Stop the projector; nothing is acked.
+    Halt,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OnGapArg {
+    /// Stop: messages after the checkpoint were removed before they were projected.
+    Halt,
+    /// Record the lost range (shown by `streams status`) and go on after it.
+    Continue,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Projector(s) to run (repeatable); all configured projectors by default.
+    #[arg(long = "projector", short = 'p')]
+    pub projectors: Vec<String>,
+    /// Messages fetched and committed per batch (one Neo4j transaction).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=20000))]
+    pub batch_size: u32,
+    /// What to do with an event whose write fails permanently.
+    #[arg(long, value_enum, default_value_t = OnErrorArg::Park)]
+    pub on_error: OnErrorArg,
+    /// What to do when messages after the checkpoint are gone from the stream.
+    #[arg(long, value_enum, default_value_t = OnGapArg::Halt)]
+    pub on_gap: OnGapArg,
+    /// Exit 0 once every projector's checkpoint reaches its streams' last sequence.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Where to serve /metrics, /healthz and /readyz ("off" to disable).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+    /// Graph generation to write (see `docs/decisions.md`).
+    #[arg(long, default_value = "main")]
+    pub generation: String,
+    /// Seconds to finish the batches in flight after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// /readyz reports ready only while every worker's lag is at most this.
+    #[arg(long, default_value_t = 10_000)]
+    pub ready_lag: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Generate a deterministic fleet history (stories, phases, plans, approvals, tasks,
+    /// deliberations with decisions, agent responses, milestones) and print or publish it.
+    Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Number of stories (about 25-45 events each).
+    #[arg(long, default_value_t = 100)]
+    pub stories: usize,
+    /// Seed: the same seed gives the same history, byte for byte.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Publish to the configured NATS (pipelined); otherwise print JSON lines.
+    #[arg(long)]
+    pub publish: bool,
 }
 
 #[derive(Debug, Subcommand)]

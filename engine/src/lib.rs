@@ -4,5 +4,16 @@
 //! Decisions live in the pure `projections` crate; this crate executes them.
 
 pub mod config;
+pub mod dlq;
+pub mod error;
+pub mod health;
+pub mod history;
+pub mod metrics;
 pub mod nats;
+pub mod retry;
+pub mod runner;
+pub mod server;
+pub mod sink;
+pub mod source;
 pub mod streams;
+pub mod worker;

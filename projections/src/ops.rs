@@ -134,6 +134,7 @@ groups!(
     StoryCreatedBy => Story ["created_by"],
     StoryPhase => Story ["phase", "phase_changed_by"],
     StorySnapshot => Story ["last_snapshot_id", "snapshot_version"],
+    StoryActivity => Story ["last_event"],
     PhaseChangeRecord => PhaseChange ["story_id", "from_phase", "to_phase", "changed_by", "at_ms"],
     PlanDetails => Plan ["story_id", "version", "summary", "created_at_ms"],
     ApprovalRecord => PlanApproval ["story_id", "plan_id", "approved_by", "approved_at_ms"],

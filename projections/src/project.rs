@@ -501,6 +501,8 @@ impl<'e> Builder<'e> {
             ],
         );
         self.rel(Rel::StoryHasEvent, story_id, &id);
+        // Keeps the story's `last_v` at its newest event: the cache's staleness check.
+        self.node(Group::StoryActivity, story_id, vec![id.as_str().into()]);
         if !self.stories.iter().any(|s| s == story_id) {
             self.stories.push(story_id.to_string());
         }

@@ -1,5 +1,7 @@
 //! One module per subcommand; each returns an exit code or a [`CliError`].
 
+mod bench;
+mod run;
 mod streams;
 
 use crate::cli::{Cli, Command};
@@ -15,12 +17,18 @@ pub enum CliError {
     Connect(#[from] engine::nats::ConnectError),
     #[error(transparent)]
     Streams(#[from] engine::streams::StreamError),
+    #[error(transparent)]
+    Run(#[from] engine::runner::RunError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Config(_) => 2,
+            CliError::Config(_) | CliError::Usage(_) => 2,
             _ => 1,
         }
     }
@@ -30,5 +38,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
     let cfg = engine::config::Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Streams(c) => streams::run(&cfg, c).await,
+        Command::Run(a) => run::run(&cfg, a).await,
+        Command::Bench(c) => bench::run(&cfg, c).await,
     }
 }

@@ -1,0 +1,135 @@
+//! Prometheus metrics of the projector, registered once and shared by every worker.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics, labelled by projector and stream (and partition where it applies).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// outcome: projected | parked | duplicate | ignored
+    pub events: IntCounterVec,
+    pub batch_size: HistogramVec,
+    pub batch_seconds: HistogramVec,
+    pub checkpoint: IntGaugeVec,
+    pub lag: IntGaugeVec,
+    pub retries: IntCounterVec,
+    pub parked: IntCounterVec,
+    pub write_errors: IntCounterVec,
+    pub gaps: IntCounterVec,
+    pub lost_messages: IntCounterVec,
+    pub outbound: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets),
+        &["projector", "stream"],
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            events: counter(
+                &r,
+                "projector_events_total",
+                "Events handled, by outcome (projected, parked, duplicate, ignored)",
+                &["projector", "stream", "subject", "outcome"],
+            ),
+            batch_size: histogram(
+                &r,
+                "projector_batch_size",
+                "Messages per committed batch",
+                vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],
+            ),
+            batch_seconds: histogram(
+                &r,
+                "projector_batch_seconds",
+                "Time from fetch to ack of a batch",
+                prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
+            ),
+            checkpoint: gauge(
+                &r,
+                "projector_checkpoint_sequence",
+                "Last committed stream sequence",
+                &["projector", "stream", "partition"],
+            ),
+            lag: gauge(
+                &r,
+                "projector_lag",
+                "Stream messages not yet committed by this projector",
+                &["projector", "stream", "partition"],
+            ),
+            retries: counter(
+                &r,
+                "projector_retries_total",
+                "Retried writes, by error kind",
+                &["projector", "stream", "kind"],
+            ),
+            parked: counter(
+                &r,
+                "projector_parked_total",
+                "Events parked in the dead-letter stream, by reason kind",
+                &["projector", "stream", "kind"],
+            ),
+            write_errors: counter(
+                &r,
+                "projector_write_errors_total",
+                "Write errors, by kind (transient ones are retried, permanent ones parked)",
+                &["projector", "stream", "kind"],
+            ),
+            gaps: counter(
+                &r,
+                "projector_gaps_total",
+                "Holes found in a stream after the checkpoint (messages removed before projection)",
+                &["projector", "stream"],
+            ),
+            lost_messages: counter(
+                &r,
+                "projector_lost_messages_total",
+                "Messages in detected holes",
+                &["projector", "stream"],
+            ),
+            outbound: counter(
+                &r,
+                "projector_outbound_total",
+                "Outbound events published after commit",
+                &["projector", "subject"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}

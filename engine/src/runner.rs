@@ -1,0 +1,293 @@
+//! Runs a projector: one worker per stream, the HTTP server, and graceful shutdown.
+
+use crate::config::Config;
+use crate::error::WriteError;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::sink::cache::CacheSink;
+use crate::sink::graph::GraphSink;
+use crate::source::ConsumerSettings;
+use crate::worker::{Exit, OnError, OnGap, Shared, Worker, WorkerConfig, WorkerError};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::watch;
+
+/// The generation `run` writes when none is named.
+pub const DEFAULT_GENERATION: &str = "main";
+
+/// Options of `projector run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub projectors: Vec<String>,
+    pub generation: String,
+    pub batch_size: usize,
+    pub on_error: OnError,
+    pub on_gap: OnGap,
+    pub until_caught_up: bool,
+    pub metrics_addr: Option<SocketAddr>,
+    pub shutdown_timeout: Duration,
+    pub ready_lag: u64,
+    pub publish_outbound: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Connect(#[from] crate::nats::ConnectError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("unknown projector {0:?}; configured: {1}")]
+    UnknownProjector(String, String),
+    #[error("cannot serve metrics on {addr}: {message}")]
+    Serve { addr: SocketAddr, message: String },
+    #[error("{} worker(s) failed: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Workers(Vec<WorkerError>),
+}
+
+/// Connects to all three servers and prepares the graph schema.
+pub async fn connect(cfg: &Config, health: Health, metrics: Metrics) -> Result<Shared, RunError> {
+    let client = crate::nats::connect(&cfg.nats).await?;
+    let js = async_nats::jetstream::new(client);
+    let graph = GraphSink::connect(&cfg.neo4j)?;
+    let cache = CacheSink::connect(&cfg.valkey).await?;
+    Ok(Shared {
+        js,
+        graph,
+        cache,
+        metrics,
+        health,
+        blocked: Arc::new(Mutex::new(BTreeMap::new())),
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the projectors until a signal, caught up (`until_caught_up`), or a halting error.
+pub async fn run(
+    cfg: &Config,
+    opts: RunOptions,
+    router: Option<axum::Router>,
+) -> Result<Vec<(String, Exit)>, RunError> {
+    let metrics = Metrics::new();
+    let health = Health::new(opts.ready_lag);
+    let projectors: Vec<_> = if opts.projectors.is_empty() {
+        cfg.projectors.clone()
+    } else {
+        opts.projectors
+            .iter()
+            .map(|name| {
+                cfg.projector(name).cloned().ok_or_else(|| {
+                    RunError::UnknownProjector(
+                        name.clone(),
+                        cfg.projectors
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    if let Some(addr) = opts.metrics_addr {
+        let mut app = crate::server::router(metrics.clone(), health.clone());
+        if let Some(extra) = router {
+            app = app.merge(extra);
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| RunError::Serve {
+                addr,
+                message: e.to_string(),
+            })?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(server_stop)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    let shared = connect(cfg, health.clone(), metrics.clone()).await?;
+    // Schema first: constraints back every MERGE.
+    let mut attempt = 0;
+    loop {
+        match shared.graph.ensure_schema().await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && attempt < 30 => {
+                tracing::warn!(error = %e, "Neo4j not ready for schema setup; retrying");
+                tokio::time::sleep(Backoff::default().delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for p in &projectors {
+        let blocked = shared
+            .graph
+            .blocked_stories(&opts.generation, &p.name)
+            .await?;
+        let sh = Shared {
+            blocked: Arc::new(Mutex::new(blocked.into_iter().collect())),
+            ..shared.clone()
+        };
+        for stream in &p.streams {
+            let wc = WorkerConfig {
+                projector: p.name.clone(),
+                stream: stream.clone(),
+                partition: 0,
+                generation: opts.generation.clone(),
+                cache_prefix: shared.cache.gen_prefix(&opts.generation, true),
+                subject_prefix: cfg.subject_prefix.clone(),
+                dlq_subject_prefix: cfg.dead_letters.subject_prefix.clone(),
+                batch_size: opts.batch_size,
+                on_error: opts.on_error,
+                on_gap: opts.on_gap,
+                publish_outbound: opts.publish_outbound,
+                until_caught_up: opts.until_caught_up,
+                consumer: ConsumerSettings {
+                    ack_wait: Duration::from_secs(60),
+                    max_ack_pending: (opts.batch_size * 4) as i64,
+                },
+                backoff: Backoff::default(),
+                idle: Duration::from_millis(if opts.until_caught_up { 300 } else { 1000 }),
+            };
+            let name = format!("{}/{}", p.name, stream);
+            let worker = Worker::new(wc, sh.clone(), stop_rx.clone());
+            set.spawn(async move { (name, worker.run().await) });
+        }
+    }
+    let watcher = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: finishing the batches in flight");
+            let _ = stop_tx.send(true);
+        })
+    };
+    if opts.until_caught_up {
+        tokio::spawn(watch_caught_up(
+            shared.clone(),
+            stop_tx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let mut exits = Vec::new();
+    let mut errors = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut stop_seen = stop_rx.clone();
+    loop {
+        let joined = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, set.join_next()).await {
+                Ok(j) => j,
+                Err(_) => {
+                    tracing::error!(
+                        secs = opts.shutdown_timeout.as_secs(),
+                        "shutdown deadline passed with batches in flight; they were not acked and will be redelivered"
+                    );
+                    set.abort_all();
+                    break;
+                }
+            },
+            None => tokio::select! {
+                j = set.join_next() => j,
+                _ = stop_seen.wait_for(|s| *s) => {
+                    deadline = Some(tokio::time::Instant::now() + opts.shutdown_timeout);
+                    continue;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
+        match joined {
+            Ok((name, Ok(exit))) => exits.push((name, exit)),
+            Ok((_, Err(e))) => {
+                // One halting worker stops the others: an operator must look.
+                let _ = stop_tx.send(true);
+                errors.push(e);
+            }
+            Err(join) => {
+                let _ = stop_tx.send(true);
+                errors.push(WorkerError::Fatal {
+                    stream: "?".into(),
+                    error: join.to_string(),
+                });
+            }
+        }
+    }
+    watcher.abort();
+    let _ = stop_tx.send(true);
+    if errors.is_empty() {
+        Ok(exits)
+    } else {
+        Err(RunError::Workers(errors))
+    }
+}
+
+/// Stops the workers once every one of them has committed its stream's last sequence.
+/// Checked against the streams themselves, so an outbound event one worker just published
+/// into another's stream is not missed.
+async fn watch_caught_up(
+    sh: Shared,
+    stop: watch::Sender<bool>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let workers = sh.health.snapshot();
+        if workers.is_empty()
+            || workers
+                .values()
+                .any(|w| w.stream.is_empty() || !w.connected)
+        {
+            continue;
+        }
+        let mut all = true;
+        for w in workers.values() {
+            match crate::source::bounds(&sh.js, &w.stream).await {
+                Ok((_, last)) if w.checkpoint >= last => {}
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        if all {
+            tracing::info!("every worker is caught up");
+            let _ = stop.send(true);
+            return;
+        }
+    }
+}

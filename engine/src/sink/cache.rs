@@ -1,0 +1,136 @@
+//! The Valkey writer: story contexts and a Valkey-side checkpoint in one MULTI/EXEC.
+
+use crate::config::ValkeyConfig;
+use crate::error::WriteError;
+use crate::sink::graph::CheckpointKey;
+use projections::context::{context_key, render, StoryContext};
+use redis::aio::ConnectionManager;
+
+/// The cache sink. Cheap to clone; reconnects by itself.
+#[derive(Clone)]
+pub struct CacheSink {
+    conn: ConnectionManager,
+    url: String,
+    prefix: String,
+}
+
+impl CacheSink {
+    /// Connects (bounded by the client's connect timeout).
+    pub async fn connect(cfg: &ValkeyConfig) -> Result<CacheSink, WriteError> {
+        let err = |e: redis::RedisError| WriteError::Valkey {
+            url: redact(&cfg.url),
+            message: e.to_string(),
+        };
+        let client = redis::Client::open(cfg.url.as_str()).map_err(err)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(err)?;
+        Ok(CacheSink {
+            conn,
+            url: redact(&cfg.url),
+            prefix: cfg.key_prefix.clone(),
+        })
+    }
+
+    fn err(&self) -> impl Fn(redis::RedisError) -> WriteError + '_ {
+        move |e| WriteError::Valkey {
+            url: self.url.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Key prefix of a generation's cache entries: none for the live one, so readers of
+    /// the seed's `context:{story_id}` find it.
+    pub fn gen_prefix(&self, gen: &str, live: bool) -> String {
+        if live {
+            self.prefix.clone()
+        } else {
+            format!("{}gen:{gen}:", self.prefix)
+        }
+    }
+
+    fn checkpoint_key(&self, gen: &str, key: &CheckpointKey) -> String {
+        format!("{}projector:checkpoint:{gen}:{}", self.prefix, key.id())
+    }
+
+    pub async fn checkpoint(
+        &self,
+        gen: &str,
+        key: &CheckpointKey,
+    ) -> Result<Option<u64>, WriteError> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(self.checkpoint_key(gen, key))
+            .query_async(&mut c)
+            .await
+            .map_err(self.err())?;
+        Ok(v)
+    }
+
+    /// Writes contexts and moves the Valkey checkpoint atomically (MULTI/EXEC).
+    pub async fn apply(
+        &self,
+        gen: &str,
+        key_prefix: &str,
+        contexts: &[StoryContext],
+        ckpt: &CheckpointKey,
+        seq: u64,
+    ) -> Result<(), WriteError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for ctx in contexts {
+            pipe.set(context_key(key_prefix, &ctx.story_id), render(ctx))
+                .ignore();
+        }
+        pipe.set(self.checkpoint_key(gen, ckpt), seq).ignore();
+        let mut c = self.conn.clone();
+        let () = pipe.query_async(&mut c).await.map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Reads one cached context (raw bytes), if present.
+    pub async fn get_context(
+        &self,
+        key_prefix: &str,
+        story_id: &str,
+    ) -> Result<Option<Vec<u8>>, WriteError> {
+        let mut c = self.conn.clone();
+        redis::cmd("GET")
+            .arg(context_key(key_prefix, story_id))
+            .query_async(&mut c)
+            .await
+            .map_err(self.err())
+    }
+
+    pub async fn ping(&self) -> Result<(), WriteError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut c)
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            super::redact("redis://:s3cret@host:6379"),
+            "redis://***@host:6379"
+        );
+        assert_eq!(super::redact("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,496 @@
+//! The Neo4j writer: one transaction per batch with its checkpoint, every write confirmed.
+
+use super::cypher;
+use crate::config::Neo4jConfig;
+use crate::error::WriteError;
+use neo4rs::{query, BoltList, BoltMap, BoltNull, BoltType, Graph, Query};
+use projections::context::StoryContext;
+use projections::{CompactBatch, NodeWrite, Prop, RelWrite};
+
+/// Identifies one checkpoint: a projector's position in one partition of one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckpointKey {
+    pub projector: String,
+    pub stream: String,
+    pub partition: u32,
+}
+
+impl CheckpointKey {
+    pub fn new(projector: &str, stream: &str, partition: u32) -> Self {
+        CheckpointKey {
+            projector: projector.to_string(),
+            stream: stream.to_string(),
+            partition,
+        }
+    }
+
+    /// `projector/stream/partition`, the checkpoint node's id.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.projector, self.stream, self.partition)
+    }
+}
+
+/// A parked (dead-lettered) message as recorded in the graph next to the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedRecord {
+    pub stream: String,
+    pub seq: u64,
+    pub subject: String,
+    pub story_id: Option<String>,
+    pub kind: String,
+    pub reason: String,
+    /// For an event parked only because an earlier event of its story is parked.
+    pub blocked_by: Option<String>,
+    pub dlq_seq: u64,
+}
+
+impl ParkedRecord {
+    pub fn id(&self, projector: &str) -> String {
+        format!("{projector}:{}:{}", self.stream, self.seq)
+    }
+}
+
+/// The graph sink. Cheap to clone (a connection pool inside).
+#[derive(Clone)]
+pub struct GraphSink {
+    graph: Graph,
+    uri: String,
+}
+
+fn prop(p: &Prop) -> BoltType {
+    match p {
+        Prop::Null => BoltType::Null(BoltNull),
+        Prop::Str(s) => BoltType::from(s.as_str()),
+        Prop::Int(i) => BoltType::from(*i),
+        Prop::StrList(v) => {
+            let mut l = BoltList::with_capacity(v.len());
+            for s in v {
+                l.push(BoltType::from(s.as_str()));
+            }
+            BoltType::List(l)
+        }
+    }
+}
+
+fn map(entries: Vec<(&str, BoltType)>) -> BoltType {
+    let mut m = BoltMap::with_capacity(entries.len());
+    for (k, v) in entries {
+        m.put(k.into(), v);
+    }
+    BoltType::Map(m)
+}
+
+fn list(items: impl IntoIterator<Item = BoltType>) -> BoltType {
+    let mut l = BoltList::new();
+    for i in items {
+        l.push(i);
+    }
+    BoltType::List(l)
+}
+
+fn node_row(w: &NodeWrite) -> BoltType {
+    let p = map(w
+        .group
+        .props()
+        .iter()
+        .zip(&w.values)
+        .map(|(k, v)| (*k, prop(v)))
+        .collect());
+    map(vec![
+        ("id", w.id.as_str().into()),
+        ("v", w.version.key().into()),
+        ("seq", (w.version.seq as i64).into()),
+        ("stream", w.version.stream.as_str().into()),
+        ("t", w.event_time_ms.into()),
+        ("p", p),
+    ])
+}
+
+fn rel_row(r: &RelWrite) -> BoltType {
+    map(vec![
+        ("from", r.from.as_str().into()),
+        ("to", r.to.as_str().into()),
+        ("v", r.version.key().into()),
+        ("seq", (r.version.seq as i64).into()),
+        ("stream", r.version.stream.as_str().into()),
+    ])
+}
+
+fn opt(s: &Option<String>) -> BoltType {
+    s.as_deref()
+        .map(BoltType::from)
+        .unwrap_or(BoltType::Null(BoltNull))
+}
+
+/// The checkpoint move a batch commits with.
+#[derive(Debug, Clone)]
+pub struct CheckpointMove {
+    pub key: CheckpointKey,
+    /// Where the writer read it (0 when there was none).
+    pub expected: u64,
+    pub seq: u64,
+}
+
+impl GraphSink {
+    /// A lazily connecting pool; the first query reports an unreachable server.
+    pub fn connect(cfg: &Neo4jConfig) -> Result<GraphSink, WriteError> {
+        let config = neo4rs::ConfigBuilder::default()
+            .uri(&cfg.uri)
+            .user(&cfg.user)
+            .password(&cfg.password)
+            .max_connections(8)
+            .fetch_size(1000)
+            .build()
+            .map_err(|e| WriteError::from_neo4j(&cfg.uri, e))?;
+        let graph = Graph::connect(config).map_err(|e| WriteError::from_neo4j(&cfg.uri, e))?;
+        Ok(GraphSink {
+            graph,
+            uri: cfg.uri.clone(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn err(&self) -> impl Fn(neo4rs::Error) -> WriteError + '_ {
+        move |e| WriteError::from_neo4j(&self.uri, e)
+    }
+
+    /// Creates constraints and indexes (idempotent). Run at start.
+    pub async fn ensure_schema(&self) -> Result<(), WriteError> {
+        for stmt in cypher::schema() {
+            self.graph.run(query(&stmt)).await.map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), WriteError> {
+        let mut rows = self
+            .graph
+            .execute(query("RETURN 1 AS one"))
+            .await
+            .map_err(self.err())?;
+        rows.next().await.map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The stored checkpoint, or `None` if this projector never committed on this stream.
+    pub async fn checkpoint(
+        &self,
+        gen: &str,
+        key: &CheckpointKey,
+    ) -> Result<Option<u64>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(cypher::CHECKPOINT_READ)
+                    .param("gen", gen)
+                    .param("id", key.id()),
+            )
+            .await
+            .map_err(self.err())?;
+        match rows.next().await.map_err(self.err())? {
+            Some(row) => Ok(Some(row.get::<i64>("seq").unwrap_or(0) as u64)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a batch, its parked records and its checkpoint in one transaction.
+    ///
+    /// Every statement's effect is confirmed (rows processed and rows holding the new
+    /// version); anything short of that rolls the transaction back and is an error.
+    ///
+    /// # Errors
+    /// Transient ones (unavailable, deadlock, checkpoint moved) are to be retried; permanent
+    /// ones ([`WriteError::Neo4jRefused`], [`WriteError::Unconfirmed`]) name a write that will
+    /// not succeed as it is.
+    pub async fn commit_batch(
+        &self,
+        gen: &str,
+        batch: &CompactBatch,
+        parked: &[ParkedRecord],
+        ckpt: &CheckpointMove,
+    ) -> Result<(), WriteError> {
+        let mut txn = self.graph.start_txn().await.map_err(self.err())?;
+        let result = self.write_all(&mut txn, gen, batch, parked, ckpt).await;
+        match result {
+            Ok(()) => txn.commit().await.map_err(self.err()),
+            Err(e) => {
+                // Best effort: the server also rolls back when the connection drops.
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn confirmed(
+        &self,
+        txn: &mut neo4rs::Txn,
+        q: Query,
+        what: String,
+        expected: i64,
+    ) -> Result<(), WriteError> {
+        let mut rows = txn.execute(q).await.map_err(self.err())?;
+        let row = rows
+            .next(txn.handle())
+            .await
+            .map_err(self.err())?
+            .ok_or_else(|| WriteError::Unconfirmed {
+                what: what.clone(),
+                expected,
+                confirmed: 0,
+            })?;
+        let n: i64 = row.get("rows").unwrap_or(-1);
+        let confirmed: i64 = row.get("confirmed").unwrap_or(n);
+        if n != expected || confirmed != expected {
+            return Err(WriteError::Unconfirmed {
+                what,
+                expected,
+                confirmed: confirmed.min(n),
+            });
+        }
+        Ok(())
+    }
+
+    async fn write_all(
+        &self,
+        txn: &mut neo4rs::Txn,
+        gen: &str,
+        batch: &CompactBatch,
+        parked: &[ParkedRecord],
+        ckpt: &CheckpointMove,
+    ) -> Result<(), WriteError> {
+        // Checkpoint first: a concurrent writer is detected before any work is sent.
+        let mut rows = txn
+            .execute(
+                query(cypher::CHECKPOINT_ADVANCE)
+                    .param("gen", gen)
+                    .param("id", ckpt.key.id())
+                    .param("projector", ckpt.key.projector.as_str())
+                    .param("stream", ckpt.key.stream.as_str())
+                    .param("partition", ckpt.key.partition as i64)
+                    .param("expected", ckpt.expected as i64)
+                    .param("seq", ckpt.seq as i64),
+            )
+            .await
+            .map_err(self.err())?;
+        if rows.next(txn.handle()).await.map_err(self.err())?.is_none() {
+            return Err(WriteError::CheckpointMoved {
+                id: ckpt.key.id(),
+                expected: ckpt.expected,
+            });
+        }
+        // Node groups before relationships, so relationship MERGEs find filled nodes.
+        for (group, writes) in &batch.nodes {
+            let rows = list(writes.values().map(node_row));
+            let q = query(&cypher::node_upsert(*group))
+                .param("gen", gen)
+                .param("rows", rows);
+            self.confirmed(txn, q, format!("{group} nodes"), writes.len() as i64)
+                .await?;
+        }
+        for (rel, writes) in &batch.rels {
+            let rows = list(writes.values().map(rel_row));
+            let q = query(&cypher::rel_upsert(*rel))
+                .param("gen", gen)
+                .param("rows", rows);
+            self.confirmed(
+                txn,
+                q,
+                format!("{} relationships", rel.rel_type()),
+                writes.len() as i64,
+            )
+            .await?;
+        }
+        if !parked.is_empty() {
+            let rows = list(parked.iter().map(|p| {
+                map(vec![
+                    ("id", p.id(&ckpt.key.projector).into()),
+                    ("stream", p.stream.as_str().into()),
+                    ("seq", (p.seq as i64).into()),
+                    ("subject", p.subject.as_str().into()),
+                    ("story_id", opt(&p.story_id)),
+                    ("kind", p.kind.as_str().into()),
+                    ("reason", p.reason.as_str().into()),
+                    ("blocked_by", opt(&p.blocked_by)),
+                    ("dlq_seq", (p.dlq_seq as i64).into()),
+                ])
+            }));
+            let q = query(cypher::PARK)
+                .param("gen", gen)
+                .param("projector", ckpt.key.projector.as_str())
+                .param("rows", rows);
+            self.confirmed(txn, q, "parked events".into(), parked.len() as i64)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stories that have parked events for this projector (the sequenced dead-letter block list).
+    pub async fn blocked_stories(
+        &self,
+        gen: &str,
+        projector: &str,
+    ) -> Result<Vec<(String, String)>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(
+                    "MATCH (p:ParkedEvent {gen: $gen, projector: $projector}) WHERE p.story_id IS NOT NULL \
+                     WITH p.story_id AS story, p ORDER BY p.stream, p.seq \
+                     RETURN story, collect(p.id)[0] AS first",
+                )
+                .param("gen", gen)
+                .param("projector", projector),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            out.push((
+                row.get::<String>("story").unwrap_or_default(),
+                row.get::<String>("first").unwrap_or_default(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Records a hole found after a checkpoint, so `streams status` can show it.
+    pub async fn record_lost_range(
+        &self,
+        gen: &str,
+        key: &CheckpointKey,
+        from: u64,
+        to: u64,
+        halted: bool,
+        checkpoint: u64,
+    ) -> Result<(), WriteError> {
+        self.graph
+            .run(
+                query(
+                    "MERGE (l:LostRange {gen: $gen, id: $id}) \
+                     SET l.projector = $projector, l.stream = $stream, l.partition = $partition, \
+                         l.from_seq = $from, l.to_seq = $to, l.halted = $halted, l.checkpoint = $checkpoint",
+                )
+                .param("gen", gen)
+                .param("id", format!("{}:{from}-{to}", key.id()))
+                .param("projector", key.projector.as_str())
+                .param("stream", key.stream.as_str())
+                .param("partition", key.partition as i64)
+                .param("from", from as i64)
+                .param("to", to as i64)
+                .param("halted", halted)
+                .param("checkpoint", checkpoint as i64),
+            )
+            .await
+            .map_err(self.err())
+    }
+
+    /// Lost ranges recorded in a generation: (projector, stream, from, to, halted).
+    pub async fn lost_ranges(
+        &self,
+        gen: &str,
+    ) -> Result<Vec<(String, String, u64, u64, bool)>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query("MATCH (l:LostRange {gen: $gen}) RETURN l.projector AS p, l.stream AS s, l.from_seq AS f, l.to_seq AS t, l.halted AS h ORDER BY s, f")
+                    .param("gen", gen),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            out.push((
+                row.get("p").unwrap_or_default(),
+                row.get("s").unwrap_or_default(),
+                row.get::<i64>("f").unwrap_or(0) as u64,
+                row.get::<i64>("t").unwrap_or(0) as u64,
+                row.get("h").unwrap_or(false),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every story id of a generation, sorted.
+    pub async fn story_ids(&self, gen: &str) -> Result<Vec<String>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query("MATCH (s:Story {gen: $gen}) RETURN s.id AS id ORDER BY id")
+                    .param("gen", gen),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            out.push(row.get::<String>("id").unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// Reads the cached-context view of stories from the committed graph.
+    pub async fn story_contexts(
+        &self,
+        gen: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoryContext>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(STORY_CONTEXT)
+                    .param("gen", gen)
+                    .param("ids", ids.to_vec()),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            let ctx: StoryContext = row.get("ctx").map_err(|e| WriteError::Neo4jRefused {
+                code: "projector.ContextShape".into(),
+                message: e.to_string(),
+            })?;
+            out.push(ctx);
+        }
+        Ok(out)
+    }
+}
+
+/// The story context as stored in Valkey, read in one query per batch of stories.
+/// Current plan: the most recently approved one, else the most recently created one.
+const STORY_CONTEXT: &str = "UNWIND $ids AS sid \
+    MATCH (s:Story {gen: $gen, id: sid}) \
+    CALL (s) { \
+      OPTIONAL MATCH (s)-[:HAS_PLAN]->(p:Plan) \
+      OPTIONAL MATCH (a:PlanApproval)-[:APPROVES]->(p) \
+      WITH p, a ORDER BY a.approved_at_ms DESC, a.id DESC \
+      WITH p, collect(a)[0] AS a \
+      ORDER BY coalesce(a.approved_at_ms, -1) DESC, coalesce(p.created_at_ms, -1) DESC, p.id DESC \
+      LIMIT 1 \
+      RETURN CASE WHEN p IS NULL THEN null ELSE {plan_id: p.id, version: p.version, approved: a IS NOT NULL, \
+             approved_by: a.approved_by, approved_at_ms: a.approved_at_ms} END AS plan \
+    } \
+    CALL (s) { \
+      OPTIONAL MATCH (s)-[:HAS_TASK]->(t:Task) WHERE t.status IS NULL OR t.status <> 'COMPLETED' \
+      WITH t ORDER BY t.id \
+      RETURN [x IN collect(t) | {task_id: x.id, title: x.title, role: x.role, status: x.status}] AS tasks \
+    } \
+    CALL (s) { \
+      OPTIONAL MATCH (s)-[:HAS_DECISION]->(d:Decision) \
+      WITH d ORDER BY d.decided_at_ms DESC, d.id DESC \
+      RETURN [x IN collect(d)[0..10] | {decision_id: x.id, title: x.title, rationale: x.rationale, \
+              decided_by: x.decided_by, decided_at_ms: x.decided_at_ms}] AS decisions \
+    } \
+    CALL (s) { \
+      OPTIONAL MATCH (s)-[:REACHED]->(m:Milestone) \
+      WITH m ORDER BY m.reached_at_ms, m.name \
+      RETURN [x IN collect(m) | {name: x.name, reached_at_ms: x.reached_at_ms}] AS milestones \
+    } \
+    RETURN {story_id: s.id, title: s.title, phase: s.phase, current_plan: plan, open_tasks: tasks, \
+            latest_decisions: decisions, milestones: milestones, last_v: coalesce(s.last_v, '')} AS ctx";

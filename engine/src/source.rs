@@ -1,0 +1,122 @@
+//! The source side: a durable pull consumer per (projector, stream, partition), positioned at
+//! the stored checkpoint, never wherever the durable happens to be.
+
+use crate::error::WriteError;
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+};
+use std::time::Duration;
+
+/// The durable's name: one per projector, generation and partition on each stream
+/// (the default generation `main` is left out, so the usual name is `projector-graph-p0`).
+pub fn consumer_name(projector: &str, generation: &str, partition: u32) -> String {
+    if generation == crate::runner::DEFAULT_GENERATION {
+        format!("projector-{projector}-p{partition}")
+    } else {
+        format!("projector-{projector}-{generation}-p{partition}")
+    }
+}
+
+fn nats_err(stream: &str, what: &str) -> impl Fn(String) -> WriteError {
+    let prefix = format!("{what} on stream {stream}");
+    move |e| WriteError::Nats {
+        message: format!("{prefix}: {e}"),
+    }
+}
+
+/// Settings of the durable consumers projector creates.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerSettings {
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+}
+
+/// Returns the durable, positioned so that its next message is `checkpoint + 1`.
+///
+/// An existing durable that is elsewhere (a restored Neo4j backup, a crash with unacked
+/// deliveries, a manual edit) is recreated at `checkpoint + 1`, and the log says so.
+pub async fn position(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    checkpoint: u64,
+    settings: ConsumerSettings,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, WriteError> {
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| nats_err(stream, "get stream")(e.to_string()))?;
+    let next = checkpoint + 1;
+    let wanted = pull::Config {
+        durable_name: Some(name.to_string()),
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: next,
+        },
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        // Unlimited: projector parks poison messages itself; a server-side max_deliver
+        // would skip them in silence.
+        max_deliver: -1,
+        max_ack_pending: settings.max_ack_pending,
+        description: Some("projector durable; positioned from the Neo4j checkpoint".into()),
+        ..Default::default()
+    };
+    if let Ok(mut existing) = s.get_consumer::<pull::Config>(name).await {
+        let info = existing
+            .info()
+            .await
+            .map_err(|e| nats_err(stream, "consumer info")(e.to_string()))?
+            .clone();
+        let delivered = info.delivered.stream_sequence;
+        let fresh_at_next = delivered == 0
+            && matches!(info.config.deliver_policy, DeliverPolicy::ByStartSequence { start_sequence } if start_sequence == next);
+        let caught_at_checkpoint =
+            delivered == checkpoint && info.num_ack_pending == 0 && delivered > 0;
+        if fresh_at_next || caught_at_checkpoint {
+            return Ok(existing);
+        }
+        tracing::warn!(
+            stream,
+            consumer = name,
+            consumer_delivered = delivered,
+            ack_pending = info.num_ack_pending,
+            checkpoint,
+            "durable consumer disagrees with the stored checkpoint; moving it to checkpoint + 1"
+        );
+        s.delete_consumer(name)
+            .await
+            .map_err(|e| nats_err(stream, "delete consumer")(e.to_string()))?;
+    }
+    s.create_consumer(wanted)
+        .await
+        .map_err(|e| nats_err(stream, "create consumer")(e.to_string()))
+}
+
+/// Last sequence and first sequence of a stream.
+pub async fn bounds(js: &jetstream::Context, stream: &str) -> Result<(u64, u64), WriteError> {
+    let mut s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| nats_err(stream, "get stream")(e.to_string()))?;
+    let info = s
+        .info()
+        .await
+        .map_err(|e| nats_err(stream, "stream info")(e.to_string()))?;
+    Ok((info.state.first_sequence, info.state.last_sequence))
+}
+
+/// Whether the message at `seq` is still in the stream.
+pub async fn exists(js: &jetstream::Context, stream: &str, seq: u64) -> Result<bool, WriteError> {
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| nats_err(stream, "get stream")(e.to_string()))?;
+    match s.get_raw_message(seq).await {
+        Ok(_) => Ok(true),
+        Err(e) => match e.kind() {
+            jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            _ => Err(nats_err(stream, "get message")(e.to_string())),
+        },
+    }
+}

@@ -1,0 +1,952 @@
+//! One stream worker: read a stream from its checkpoint, project, commit, ack. In that order.
+//!
+//! The data flow of one batch, end to end:
+//! fetch (durable pull consumer) -> decode + project (pure) -> dead letters (confirmed) ->
+//! Neo4j transaction (graph writes + parked records + checkpoint, every write confirmed) ->
+//! Valkey MULTI (contexts + Valkey checkpoint) -> outbound events (confirmed, deduplicated)
+//! -> acks. A message is acknowledged in exactly one place, [`Worker::ack_all`], and only
+//! after every effect above is committed.
+
+use crate::dlq::{self, DeadLetter};
+use crate::error::WriteError;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::sink::cache::CacheSink;
+use crate::sink::graph::{CheckpointKey, CheckpointMove, GraphSink, ParkedRecord};
+use crate::source::{self, ConsumerSettings};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use projections::{CacheOp, CompactBatch, Envelope, Projection};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::watch;
+
+/// What to do with an event whose write keeps failing permanently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Park it in the dead-letter stream (and the later events of its story) and go on.
+    Park,
+    /// Stop this projector; nothing is acked.
+    Halt,
+}
+
+/// What to do when messages after the checkpoint were removed before they were projected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnGap {
+    /// Stop; an operator decides (rebuild from an archive, or accept the loss).
+    Halt,
+    /// Record the lost range and go on after it.
+    Continue,
+}
+
+/// Everything a worker needs to know about its job.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub projector: String,
+    pub stream: String,
+    pub partition: u32,
+    pub generation: String,
+    /// Valkey key prefix of this generation's contexts.
+    pub cache_prefix: String,
+    /// Prefix in front of catalog subjects (stripped before decoding).
+    pub subject_prefix: String,
+    pub dlq_subject_prefix: String,
+    pub batch_size: usize,
+    pub on_error: OnError,
+    pub on_gap: OnGap,
+    /// False during replays: side effects are suppressed.
+    pub publish_outbound: bool,
+    pub until_caught_up: bool,
+    pub consumer: ConsumerSettings,
+    pub backoff: Backoff,
+    /// How long to wait for a first message before checking whether we are caught up.
+    pub idle: Duration,
+}
+
+/// The connections and shared state all workers of a process use.
+#[derive(Clone)]
+pub struct Shared {
+    pub js: jetstream::Context,
+    pub graph: GraphSink,
+    pub cache: CacheSink,
+    pub metrics: Metrics,
+    pub health: Health,
+    /// Stories with a parked event, per projector: later events of theirs are parked behind it.
+    pub blocked: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Shutdown was requested; the batch in flight was finished.
+    Stopped,
+    /// `until_caught_up`: every worker's checkpoint reached its stream's last sequence.
+    CaughtUp { checkpoint: u64 },
+}
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error("{stream}: messages {from}..={to} were removed from the stream before projector {projector} read them (stream now starts at {first}); halting as --on-gap halt says. Rebuild from an archive or restart with --on-gap continue to accept the loss")]
+    Gap {
+        projector: String,
+        stream: String,
+        from: u64,
+        to: u64,
+        first: u64,
+    },
+    #[error(
+        "{stream} seq {seq} ({subject}): {error}; halting as --on-error halt says, nothing acked"
+    )]
+    Halted {
+        stream: String,
+        seq: u64,
+        subject: String,
+        error: String,
+    },
+    #[error("{stream}: {error}")]
+    Fatal { stream: String, error: String },
+}
+
+/// What a message turned into before any write.
+enum Plan {
+    Project {
+        projection: Projection,
+        story_id: Option<String>,
+    },
+    Park {
+        story_id: Option<String>,
+        kind: String,
+        reason: String,
+        blocked_by: Option<String>,
+    },
+}
+
+struct Item {
+    msg: jetstream::Message,
+    seq: u64,
+    subject: String,
+    delivered: i64,
+    pending: u64,
+    plan: Plan,
+}
+
+impl Item {
+    fn story(&self) -> Option<&str> {
+        match &self.plan {
+            Plan::Project { story_id, .. } | Plan::Park { story_id, .. } => story_id.as_deref(),
+        }
+    }
+}
+
+enum Anomaly {
+    /// A later message came first while the expected one is still in the stream.
+    OutOfOrder { expected: u64, got: u64 },
+    /// The expected messages are gone.
+    Gap { from: u64, to: u64 },
+}
+
+pub struct Worker {
+    cfg: WorkerConfig,
+    sh: Shared,
+    key: CheckpointKey,
+    name: String,
+    checkpoint: u64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    pub fn new(cfg: WorkerConfig, sh: Shared, shutdown: watch::Receiver<bool>) -> Worker {
+        let key = CheckpointKey::new(&cfg.projector, &cfg.stream, cfg.partition);
+        let name = format!("{}/{}/{}", cfg.projector, cfg.stream, cfg.partition);
+        Worker {
+            cfg,
+            sh,
+            key,
+            name,
+            checkpoint: 0,
+            shutdown,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn labels(&self) -> [&str; 2] {
+        [&self.cfg.projector, &self.cfg.stream]
+    }
+
+    /// Retries `f` on transient errors with backoff until it succeeds, a permanent error comes,
+    /// or shutdown is requested (then the last error is returned). Progress acks keep the
+    /// in-flight messages from being redelivered meanwhile.
+    async fn retry<T, F, Fut>(
+        &mut self,
+        what: &str,
+        inflight: &[Item],
+        mut f: F,
+    ) -> Result<T, WriteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, WriteError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match f().await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        tracing::info!(worker = %self.name, what, attempts = attempt + 1, "recovered");
+                        self.sh.health.update(&self.name, |h| {
+                            h.connected = true;
+                            h.last_error = None;
+                        });
+                    }
+                    return Ok(v);
+                }
+                Err(e) => {
+                    self.sh
+                        .metrics
+                        .write_errors
+                        .with_label_values(&[&self.cfg.projector, &self.cfg.stream, e.kind()])
+                        .inc();
+                    if !e.is_transient() || self.stopping() {
+                        return Err(e);
+                    }
+                    self.sh
+                        .metrics
+                        .retries
+                        .with_label_values(&[&self.cfg.projector, &self.cfg.stream, e.kind()])
+                        .inc();
+                    let delay = self.cfg.backoff.delay(attempt);
+                    // Logged once per attempt with its context; never swallowed.
+                    tracing::warn!(worker = %self.name, what, attempt = attempt + 1, error = %e, retry_in_ms = delay.as_millis() as u64, "transient error, retrying");
+                    self.sh.health.update(&self.name, |h| {
+                        h.connected = false;
+                        h.last_error = Some(e.to_string());
+                    });
+                    for it in inflight {
+                        let _ = it.msg.ack_with(AckKind::Progress).await;
+                    }
+                    let mut sd = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = sd.changed() => {}
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs until shutdown, caught up (`until_caught_up`), or a halting condition.
+    pub async fn run(mut self) -> Result<Exit, WorkerError> {
+        let fatal = |stream: &str, e: WriteError| WorkerError::Fatal {
+            stream: stream.to_string(),
+            error: e.to_string(),
+        };
+        self.sh.health.update(&self.name, |h| h.connected = false);
+        loop {
+            if self.stopping() {
+                return Ok(self.exit());
+            }
+            // (Re)start: checkpoint from Neo4j, repair the cache, position the durable.
+            let (gen, key) = (self.cfg.generation.clone(), self.key.clone());
+            let graph = self.sh.graph.clone();
+            let stored = self
+                .retry("read checkpoint", &[], || graph.checkpoint(&gen, &key))
+                .await
+                .map_err(|e| fatal(&self.cfg.stream, e))?;
+            let (first, last) = {
+                let js = self.sh.js.clone();
+                let stream = self.cfg.stream.clone();
+                self.retry("stream bounds", &[], || source::bounds(&js, &stream))
+                    .await
+                    .map_err(|e| fatal(&self.cfg.stream, e))?
+            };
+            self.checkpoint = match stored {
+                Some(c) => c,
+                None => {
+                    if first > 1 {
+                        tracing::info!(worker = %self.name, first, "no checkpoint yet; the stream starts at {first} (earlier messages were removed before this projector existed)");
+                    }
+                    first.saturating_sub(1)
+                }
+            };
+            tracing::info!(worker = %self.name, generation = %gen, checkpoint = self.checkpoint, stream_last = last, "starting from stored checkpoint");
+            self.repair_cache()
+                .await
+                .map_err(|e| fatal(&self.cfg.stream, e))?;
+            let consumer = {
+                let js = self.sh.js.clone();
+                let stream = self.cfg.stream.clone();
+                let cname = source::consumer_name(
+                    &self.cfg.projector,
+                    &self.cfg.generation,
+                    self.cfg.partition,
+                );
+                let (ckpt, settings) = (self.checkpoint, self.cfg.consumer);
+                self.retry("position consumer", &[], || {
+                    source::position(&js, &stream, &cname, ckpt, settings)
+                })
+                .await
+                .map_err(|e| fatal(&self.cfg.stream, e))?
+            };
+            let mut messages = match consumer
+                .stream()
+                .max_messages_per_batch(self.cfg.batch_size)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(worker = %self.name, error = %e, "cannot open the consumer's message stream; retrying");
+                    tokio::time::sleep(self.cfg.backoff.delay(3)).await;
+                    continue;
+                }
+            };
+            self.sh.health.update(&self.name, |h| {
+                h.connected = true;
+                h.lag = last.saturating_sub(self.checkpoint);
+            });
+            self.set_lag(last.saturating_sub(self.checkpoint));
+            match self.consume(&mut messages).await? {
+                Some(exit) => return Ok(exit),
+                None => continue, // reposition requested
+            }
+        }
+    }
+
+    fn exit(&self) -> Exit {
+        if self.cfg.until_caught_up {
+            Exit::CaughtUp {
+                checkpoint: self.checkpoint,
+            }
+        } else {
+            Exit::Stopped
+        }
+    }
+
+    fn set_lag(&self, lag: u64) {
+        let p = self.cfg.partition.to_string();
+        let l = [
+            self.cfg.projector.as_str(),
+            self.cfg.stream.as_str(),
+            p.as_str(),
+        ];
+        self.sh.metrics.lag.with_label_values(&l).set(lag as i64);
+        self.sh
+            .metrics
+            .checkpoint
+            .with_label_values(&l)
+            .set(self.checkpoint as i64);
+        let (stream, ckpt) = (self.cfg.stream.clone(), self.checkpoint);
+        self.sh.health.update(&self.name, |h| {
+            h.lag = lag;
+            h.stream = stream;
+            h.checkpoint = ckpt;
+        });
+    }
+
+    /// Reads batches until exit (`Some`) or until the consumer must be repositioned (`None`).
+    async fn consume(
+        &mut self,
+        messages: &mut jetstream::consumer::pull::Stream,
+    ) -> Result<Option<Exit>, WorkerError> {
+        loop {
+            if self.stopping() {
+                return Ok(Some(self.exit()));
+            }
+            let raw = match self.next_batch(messages).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(worker = %self.name, error = %e, "consumer stream error; repositioning");
+                    return Ok(None);
+                }
+            };
+            if raw.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let (items, anomaly) = self.plan(raw).await?;
+            if !items.is_empty() {
+                self.commit(items, started).await?;
+            }
+            match anomaly {
+                None => {}
+                Some(Anomaly::OutOfOrder { expected, got }) => {
+                    tracing::warn!(worker = %self.name, expected, got, "delivery out of order (a redelivery); repositioning the consumer at the checkpoint");
+                    return Ok(None);
+                }
+                Some(Anomaly::Gap { from, to }) => {
+                    self.handle_gap(from, to).await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Waits for a first message (up to `idle`), then takes whatever else is already there,
+    /// up to the batch size: low latency when idle, big batches under load.
+    async fn next_batch(
+        &mut self,
+        messages: &mut jetstream::consumer::pull::Stream,
+    ) -> Result<Vec<jetstream::Message>, String> {
+        let mut out = Vec::new();
+        let mut sd = self.shutdown.clone();
+        let first = tokio::select! {
+            m = tokio::time::timeout(self.cfg.idle, messages.next()) => m,
+            _ = sd.changed() => return Ok(out),
+        };
+        match first {
+            Err(_) => return Ok(out),
+            Ok(None) => return Err("consumer stream ended".into()),
+            Ok(Some(Err(e))) => {
+                use jetstream::consumer::pull::MessagesErrorKind as K;
+                return match e.kind() {
+                    K::MissingHeartbeat => Ok(out),
+                    _ => Err(e.to_string()),
+                };
+            }
+            Ok(Some(Ok(m))) => out.push(m),
+        }
+        while out.len() < self.cfg.batch_size {
+            match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
+                Ok(Some(Ok(m))) => out.push(m),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decides what each message becomes, in order, stopping at the first anomaly.
+    async fn plan(
+        &mut self,
+        raw: Vec<jetstream::Message>,
+    ) -> Result<(Vec<Item>, Option<Anomaly>), WorkerError> {
+        let mut items = Vec::with_capacity(raw.len());
+        let mut expected = self.checkpoint + 1;
+        let mut batch_blocked: BTreeMap<String, String> = BTreeMap::new();
+        let mut rest = raw.into_iter();
+        for msg in rest.by_ref() {
+            let info = match msg.info() {
+                Ok(i) => (
+                    i.stream_sequence,
+                    i.delivered,
+                    i.pending,
+                    i.published.unix_timestamp_nanos() as i64,
+                ),
+                Err(e) => {
+                    tracing::warn!(worker = %self.name, error = %e, "message without JetStream metadata; repositioning");
+                    return Ok((items, Some(Anomaly::OutOfOrder { expected, got: 0 })));
+                }
+            };
+            let (seq, delivered, pending, ts_ns) = info;
+            if seq < expected {
+                // Already committed (a redelivery after a crash between commit and ack).
+                self.sh
+                    .metrics
+                    .events
+                    .with_label_values(&[&self.cfg.projector, &self.cfg.stream, "-", "duplicate"])
+                    .inc();
+                let _ = msg.double_ack().await;
+                continue;
+            }
+            if seq > expected {
+                let js = self.sh.js.clone();
+                let stream = self.cfg.stream.clone();
+                let still_there = self
+                    .retry("check gap", &items, || {
+                        source::exists(&js, &stream, expected)
+                    })
+                    .await
+                    .map_err(|e| WorkerError::Fatal {
+                        stream: self.cfg.stream.clone(),
+                        error: e.to_string(),
+                    })?;
+                let anomaly = if still_there {
+                    Anomaly::OutOfOrder { expected, got: seq }
+                } else {
+                    Anomaly::Gap {
+                        from: expected,
+                        to: seq - 1,
+                    }
+                };
+                return Ok((items, Some(anomaly)));
+            }
+            expected = seq + 1;
+            let subject = msg.subject.to_string();
+            let plan = self.decide(&msg, seq, ts_ns, &subject, &batch_blocked);
+            if let Plan::Park {
+                story_id: Some(story),
+                ..
+            } = &plan
+            {
+                batch_blocked.entry(story.clone()).or_insert_with(|| {
+                    format!("{}:{}:{}", self.cfg.projector, self.cfg.stream, seq)
+                });
+            }
+            items.push(Item {
+                msg,
+                seq,
+                subject,
+                delivered,
+                pending,
+                plan,
+            });
+        }
+        Ok((items, None))
+    }
+
+    fn decide(
+        &self,
+        msg: &jetstream::Message,
+        seq: u64,
+        ts_ns: i64,
+        subject: &str,
+        batch_blocked: &BTreeMap<String, String>,
+    ) -> Plan {
+        let content_type = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str().to_string());
+        let ct = content_type.as_deref();
+        let catalog_subject = subject.strip_prefix(self.cfg.subject_prefix.as_str());
+        let decoded = match catalog_subject {
+            Some(s) => projections::decode(s, ct, &msg.payload),
+            None => Err(projections::DecodeError::UnknownSubject {
+                subject: subject.to_string(),
+            }),
+        };
+        match decoded {
+            Err(e) => Plan::Park {
+                story_id: projections::sniff_story_id(ct, &msg.payload),
+                kind: e.kind().to_string(),
+                reason: e.to_string(),
+                blocked_by: None,
+            },
+            Ok(event) => {
+                let story_id = event.story_id().map(str::to_string);
+                if let Some(story) = &story_id {
+                    let blocked = batch_blocked.get(story).cloned().or_else(|| {
+                        self.sh
+                            .blocked
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(story)
+                            .cloned()
+                    });
+                    if let Some(first) = blocked {
+                        return Plan::Park {
+                            story_id: Some(story.clone()),
+                            kind: "story_blocked".into(),
+                            reason: format!(
+                                "story {story} has an earlier parked event ({first}); parked behind it to keep the story's order"
+                            ),
+                            blocked_by: Some(first),
+                        };
+                    }
+                }
+                let env = Envelope::new(
+                    &self.cfg.stream,
+                    seq,
+                    catalog_subject.unwrap_or(subject),
+                    ts_ns,
+                    &msg.payload,
+                )
+                .with_content_type(ct);
+                Plan::Project {
+                    projection: projections::project(&env, &event),
+                    story_id,
+                }
+            }
+        }
+    }
+
+    /// Commits a planned batch; on a permanent write error, falls back to one event per
+    /// transaction to find the offending event and park only it.
+    async fn commit(&mut self, items: Vec<Item>, started: Instant) -> Result<(), WorkerError> {
+        let n = items.len();
+        match self.commit_group(&items).await {
+            Ok(()) => {
+                self.finish(items, started).await;
+                return Ok(());
+            }
+            Err(e) if self.cfg.on_error == OnError::Halt || n == 1 && e.is_transient() => {
+                return Err(self.halt(&items[0], &e));
+            }
+            Err(e) if e.is_transient() => {
+                // Only reached on shutdown during retries: nothing committed, nothing acked.
+                tracing::info!(worker = %self.name, error = %e, "stopping with a batch uncommitted; it will be redelivered");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(worker = %self.name, error = %e, batch = n, "permanent write error in batch; retrying its events one by one to isolate the offender");
+            }
+        }
+        let mut local_blocked: BTreeMap<String, String> = BTreeMap::new();
+        for mut item in items {
+            if let (Plan::Project { .. }, Some(story)) = (&item.plan, item.story()) {
+                if let Some(first) = local_blocked.get(story) {
+                    item.plan = Plan::Park {
+                        story_id: Some(story.to_string()),
+                        kind: "story_blocked".into(),
+                        reason: format!("story {story} has an earlier parked event ({first}); parked behind it to keep the story's order"),
+                        blocked_by: Some(first.clone()),
+                    };
+                }
+            }
+            let single = vec![item];
+            match self.commit_group(&single).await {
+                Ok(()) => {}
+                Err(e) if !e.is_transient() && matches!(single[0].plan, Plan::Project { .. }) => {
+                    let mut item = single.into_iter().next().expect("one item");
+                    tracing::error!(worker = %self.name, seq = item.seq, subject = %item.subject, story = ?item.story(), error = %e, "write refused; parking the event");
+                    let story = item.story().map(str::to_string);
+                    if let Some(s) = &story {
+                        local_blocked.insert(
+                            s.clone(),
+                            format!("{}:{}:{}", self.cfg.projector, self.cfg.stream, item.seq),
+                        );
+                    }
+                    item.plan = Plan::Park {
+                        story_id: story,
+                        kind: e.kind().to_string(),
+                        reason: e.to_string(),
+                        blocked_by: None,
+                    };
+                    let single = vec![item];
+                    if let Err(e) = self.commit_group(&single).await {
+                        return Err(self.halt(&single[0], &e));
+                    }
+                    self.finish(single, Instant::now()).await;
+                    continue;
+                }
+                Err(e) if e.is_transient() => return Ok(()),
+                Err(e) => return Err(self.halt(&single[0], &e)),
+            }
+            self.finish(single, Instant::now()).await;
+        }
+        let _ = started;
+        Ok(())
+    }
+
+    fn halt(&self, item: &Item, e: &WriteError) -> WorkerError {
+        self.sh
+            .health
+            .update(&self.name, |h| h.halted = Some(e.to_string()));
+        tracing::error!(worker = %self.name, seq = item.seq, subject = %item.subject, story = ?item.story(), error = %e, "halting");
+        WorkerError::Halted {
+            stream: self.cfg.stream.clone(),
+            seq: item.seq,
+            subject: item.subject.clone(),
+            error: e.to_string(),
+        }
+    }
+
+    /// Dead letters, then the graph transaction (with checkpoint), then the cache, then
+    /// outbound events. Retries transient errors; returns permanent ones untouched.
+    async fn commit_group(&mut self, items: &[Item]) -> Result<(), WriteError> {
+        let last = items.last().expect("non-empty batch").seq;
+        // 1. Dead letters, confirmed by the stream, before anything else commits.
+        let mut parked = Vec::new();
+        for it in items {
+            if let Plan::Park {
+                story_id,
+                kind,
+                reason,
+                blocked_by,
+            } = &it.plan
+            {
+                let ct = it
+                    .msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Content-Type"))
+                    .map(|v| v.as_str().to_string());
+                let js = self.sh.js.clone();
+                let prefix = self.cfg.dlq_subject_prefix.clone();
+                let projector = self.cfg.projector.clone();
+                let stream = self.cfg.stream.clone();
+                let dlq_seq = self
+                    .retry("publish dead letter", items, || {
+                        let d = DeadLetter {
+                            projector: &projector,
+                            stream: &stream,
+                            seq: it.seq,
+                            subject: &it.subject,
+                            delivered: it.delivered,
+                            story_id: story_id.as_deref(),
+                            kind,
+                            reason,
+                            blocked_by: blocked_by.as_deref(),
+                            content_type: ct.as_deref(),
+                            payload: &it.msg.payload,
+                        };
+                        let js = js.clone();
+                        let prefix = prefix.clone();
+                        async move { dlq::park(&js, &prefix, &d).await }
+                    })
+                    .await?;
+                parked.push(ParkedRecord {
+                    stream: self.cfg.stream.clone(),
+                    seq: it.seq,
+                    subject: it.subject.clone(),
+                    story_id: story_id.clone(),
+                    kind: kind.clone(),
+                    reason: reason.clone(),
+                    blocked_by: blocked_by.clone(),
+                    dlq_seq,
+                });
+            }
+        }
+        // 2. One Neo4j transaction: graph writes, parked records, checkpoint.
+        let mut batch = CompactBatch::default();
+        let mut stories: BTreeSet<String> = BTreeSet::new();
+        let mut outbound = Vec::new();
+        for it in items {
+            if let Plan::Project { projection, .. } = &it.plan {
+                batch.extend(&projection.graph);
+                for c in &projection.cache {
+                    let CacheOp::RefreshContext { story_id, .. } = c;
+                    stories.insert(story_id.clone());
+                }
+                outbound.extend(projection.outbound.iter().cloned());
+            }
+        }
+        let mv = CheckpointMove {
+            key: self.key.clone(),
+            expected: self.checkpoint,
+            seq: last,
+        };
+        let gen = self.cfg.generation.clone();
+        let graph = self.sh.graph.clone();
+        let res = self
+            .retry("commit batch to Neo4j", items, || {
+                graph.commit_batch(&gen, &batch, &parked, &mv)
+            })
+            .await;
+        if let Err(WriteError::CheckpointMoved { .. }) = &res {
+            // Only when shutting down (transient errors are retried otherwise).
+            return res;
+        }
+        res?;
+        self.checkpoint = last;
+        for p in &parked {
+            if let Some(s) = &p.story_id {
+                self.sh
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(s.clone())
+                    .or_insert_with(|| p.id(&self.cfg.projector));
+            }
+        }
+        // 3. Valkey: contexts re-rendered from the committed graph, with the Valkey checkpoint.
+        let ids: Vec<String> = stories.into_iter().collect();
+        let cache = self.sh.cache.clone();
+        let prefix = self.cfg.cache_prefix.clone();
+        let key = self.key.clone();
+        self.retry("update Valkey", items, || {
+            let (graph, cache, gen, prefix, key, ids) = (
+                graph.clone(),
+                cache.clone(),
+                gen.clone(),
+                prefix.clone(),
+                key.clone(),
+                ids.clone(),
+            );
+            async move {
+                let contexts = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    graph.story_contexts(&gen, &ids).await?
+                };
+                cache.apply(&gen, &prefix, &contexts, &key, last).await
+            }
+        })
+        .await?;
+        // 4. Outbound events, deduplicated by their deterministic message id.
+        if self.cfg.publish_outbound {
+            for o in &outbound {
+                let js = self.sh.js.clone();
+                let subject = format!("{}{}", self.cfg.subject_prefix, o.subject);
+                self.retry("publish outbound event", items, || {
+                    let (js, subject) = (js.clone(), subject.clone());
+                    async move {
+                        let mut h = async_nats::HeaderMap::new();
+                        h.insert("Nats-Msg-Id", o.msg_id.as_str());
+                        js.publish_with_headers(subject, h, o.payload.clone().into())
+                            .await
+                            .map_err(|e| WriteError::Nats {
+                                message: format!("outbound {}: {e}", o.msg_id),
+                            })?
+                            .await
+                            .map_err(|e| WriteError::Nats {
+                                message: format!("outbound {}: {e}", o.msg_id),
+                            })?;
+                        Ok(())
+                    }
+                })
+                .await?;
+                self.sh
+                    .metrics
+                    .outbound
+                    .with_label_values(&[&self.cfg.projector, &o.subject])
+                    .inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Acks (the one place), metrics and logs of a committed group.
+    async fn finish(&mut self, items: Vec<Item>, started: Instant) {
+        self.ack_all(&items).await;
+        let n = items.len();
+        let first = items.first().map(|i| i.seq).unwrap_or(0);
+        let lag = items.last().map(|i| i.pending).unwrap_or(0);
+        let mut parked = 0;
+        for it in &items {
+            let outcome = match &it.plan {
+                Plan::Project { projection, .. } if projection.graph.is_empty() => "ignored",
+                Plan::Project { .. } => "projected",
+                Plan::Park {
+                    kind,
+                    reason,
+                    story_id,
+                    ..
+                } => {
+                    parked += 1;
+                    self.sh
+                        .metrics
+                        .parked
+                        .with_label_values(&[&self.cfg.projector, &self.cfg.stream, kind])
+                        .inc();
+                    tracing::warn!(worker = %self.name, seq = it.seq, subject = %it.subject, story = ?story_id, kind = %kind, reason = %reason, "parked in the dead-letter stream");
+                    "parked"
+                }
+            };
+            let subject = it
+                .subject
+                .strip_prefix(self.cfg.subject_prefix.as_str())
+                .unwrap_or(&it.subject);
+            self.sh
+                .metrics
+                .events
+                .with_label_values(&[&self.cfg.projector, &self.cfg.stream, subject, outcome])
+                .inc();
+        }
+        let labels = self.labels();
+        self.sh
+            .metrics
+            .batch_size
+            .with_label_values(&labels)
+            .observe(n as f64);
+        self.sh
+            .metrics
+            .batch_seconds
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.set_lag(lag);
+        tracing::debug!(worker = %self.name, first, last = self.checkpoint, events = n, parked, lag, "batch committed");
+    }
+
+    async fn ack_all(&self, items: &[Item]) {
+        let acks = items.iter().map(|it| async move {
+            let kind = match it.plan {
+                Plan::Park { .. } => AckKind::Term,
+                Plan::Project { .. } => AckKind::Ack,
+            };
+            (it.seq, it.msg.double_ack_with(kind).await)
+        });
+        for (seq, res) in futures::future::join_all(acks).await {
+            if let Err(e) = res {
+                // Effects are committed; a lost ack means a redelivery, skipped as a duplicate.
+                tracing::warn!(worker = %self.name, seq, error = %e, "ack not confirmed; the redelivery will be skipped by the checkpoint");
+            }
+        }
+    }
+
+    async fn handle_gap(&mut self, from: u64, to: u64) -> Result<(), WorkerError> {
+        let js = self.sh.js.clone();
+        let stream = self.cfg.stream.clone();
+        let (first, _) = source::bounds(&js, &stream).await.unwrap_or((0, 0));
+        self.sh.metrics.gaps.with_label_values(&self.labels()).inc();
+        self.sh
+            .metrics
+            .lost_messages
+            .with_label_values(&self.labels())
+            .inc_by(to - from + 1);
+        let graph = self.sh.graph.clone();
+        let gen = self.cfg.generation.clone();
+        let key = self.key.clone();
+        let halt = self.cfg.on_gap == OnGap::Halt;
+        let ckpt = self.checkpoint;
+        self.retry("record lost range", &[], || {
+            graph.record_lost_range(&gen, &key, from, to, halt, ckpt)
+        })
+        .await
+        .map_err(|e| WorkerError::Fatal {
+            stream: self.cfg.stream.clone(),
+            error: e.to_string(),
+        })?;
+        if halt {
+            let err = WorkerError::Gap {
+                projector: self.cfg.projector.clone(),
+                stream: self.cfg.stream.clone(),
+                from,
+                to,
+                first,
+            };
+            tracing::error!(worker = %self.name, from, to, first, "lost range detected; halting");
+            self.sh
+                .health
+                .update(&self.name, |h| h.halted = Some(err.to_string()));
+            return Err(err);
+        }
+        tracing::error!(worker = %self.name, from, to, "lost range detected and recorded; continuing after it as --on-gap continue says");
+        self.checkpoint = to;
+        Ok(())
+    }
+
+    /// Brings the Valkey side up to the Neo4j checkpoint after a crash between the two.
+    async fn repair_cache(&mut self) -> Result<(), WriteError> {
+        let gen = self.cfg.generation.clone();
+        let key = self.key.clone();
+        let cache = self.sh.cache.clone();
+        let valkey = self
+            .retry("read Valkey checkpoint", &[], || {
+                cache.checkpoint(&gen, &key)
+            })
+            .await?;
+        if valkey == Some(self.checkpoint) || (valkey.is_none() && self.checkpoint == 0) {
+            return Ok(());
+        }
+        let graph = self.sh.graph.clone();
+        let prefix = self.cfg.cache_prefix.clone();
+        let ckpt = self.checkpoint;
+        tracing::warn!(worker = %self.name, valkey_checkpoint = ?valkey, neo4j_checkpoint = ckpt, "Valkey is behind Neo4j (a crash between the two commits); re-rendering this generation's story contexts");
+        self.retry("repair Valkey", &[], || {
+            let (graph, cache, gen, prefix, key) = (
+                graph.clone(),
+                cache.clone(),
+                gen.clone(),
+                prefix.clone(),
+                key.clone(),
+            );
+            async move {
+                let ids = graph.story_ids(&gen).await?;
+                for chunk in ids.chunks(500) {
+                    let contexts = graph.story_contexts(&gen, chunk).await?;
+                    cache.apply(&gen, &prefix, &contexts, &key, ckpt).await?;
+                }
+                cache.apply(&gen, &prefix, &[], &key, ckpt).await
+            }
+        })
+        .await
+    }
+}

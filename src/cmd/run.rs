@@ -1,0 +1,48 @@
+//! `projector run`.
+
+use super::CliError;
+use crate::cli::{OnErrorArg, OnGapArg, RunArgs};
+use engine::config::Config;
+use engine::runner::{self, RunOptions};
+use engine::worker::{Exit, OnError, OnGap};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
+    let metrics_addr = match a.metrics_addr.as_str() {
+        "off" | "" => None,
+        s => Some(s.parse().map_err(|_| {
+            CliError::Usage(format!(
+                "--metrics-addr {s:?} is not an address like 127.0.0.1:9464 (or \"off\")"
+            ))
+        })?),
+    };
+    let opts = RunOptions {
+        projectors: a.projectors,
+        generation: a.generation,
+        batch_size: a.batch_size as usize,
+        on_error: match a.on_error {
+            OnErrorArg::Park => OnError::Park,
+            OnErrorArg::Halt => OnError::Halt,
+        },
+        on_gap: match a.on_gap {
+            OnGapArg::Halt => OnGap::Halt,
+            OnGapArg::Continue => OnGap::Continue,
+        },
+        until_caught_up: a.until_caught_up,
+        metrics_addr,
+        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+        ready_lag: a.ready_lag,
+        publish_outbound: true,
+    };
+    let exits = runner::run(cfg, opts, None).await?;
+    for (name, exit) in &exits {
+        match exit {
+            Exit::CaughtUp { checkpoint } => {
+                tracing::info!(worker = %name, checkpoint, "caught up")
+            }
+            Exit::Stopped => tracing::info!(worker = %name, "stopped"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
