@@ -53,6 +53,8 @@ pub enum Command {
     /// meanwhile); permanent ones park the event in the dead-letter stream. SIGTERM/SIGINT
     /// finish the batch in flight and exit 0.
     Run(RunArgs),
+    /// Print a canonical hash of a generation's graph (nodes, relationships, properties).
+    Verify(VerifyArgs),
     /// Benchmark and sample-data tools.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -100,6 +102,10 @@ pub struct RunArgs {
     /// Seconds to finish the batches in flight after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Publish outbound events (e.g. context.updated) even when writing a generation other
+    /// than the live one (`main`). Off by default there: only the live view owes them.
+    #[arg(long)]
+    pub outbound: bool,
     /// /readyz reports ready only while every worker's lag is at most this.
     #[arg(long, default_value_t = 10_000)]
     pub ready_lag: u64,
@@ -151,6 +157,16 @@ pub struct EnsureArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Generation to hash.
+    #[arg(long, default_value = "main")]
+    pub generation: String,
+    /// Print one JSON object: generation, hash, nodes, relationships.
     #[arg(long)]
     pub json: bool,
 }

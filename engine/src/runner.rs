@@ -167,7 +167,9 @@ pub async fn run(
                 stream: stream.clone(),
                 partition: 0,
                 generation: opts.generation.clone(),
-                cache_prefix: shared.cache.gen_prefix(&opts.generation, true),
+                cache_prefix: shared
+                    .cache
+                    .gen_prefix(&opts.generation, opts.generation == DEFAULT_GENERATION),
                 subject_prefix: cfg.subject_prefix.clone(),
                 dlq_subject_prefix: cfg.dead_letters.subject_prefix.clone(),
                 batch_size: opts.batch_size,
@@ -183,6 +185,8 @@ pub async fn run(
                 idle: Duration::from_millis(if opts.until_caught_up { 300 } else { 1000 }),
             };
             let name = format!("{}/{}", p.name, stream);
+            // Registered before it starts, so `until_caught_up` waits for every worker.
+            health.update(&format!("{}/{}/0", p.name, stream), |h| h.connected = false);
             let worker = Worker::new(wc, sh.clone(), stop_rx.clone());
             set.spawn(async move { (name, worker.run().await) });
         }

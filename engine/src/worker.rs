@@ -725,9 +725,12 @@ impl Worker {
         };
         let gen = self.cfg.generation.clone();
         let graph = self.sh.graph.clone();
+        if !self.cfg.publish_outbound {
+            outbound.clear();
+        }
         let res = self
             .retry("commit batch to Neo4j", items, || {
-                graph.commit_batch(&gen, &batch, &parked, &mv)
+                graph.commit_batch(&gen, &batch, &parked, &outbound, &mv)
             })
             .await;
         if let Err(WriteError::CheckpointMoved { .. }) = &res {
@@ -770,37 +773,50 @@ impl Worker {
             }
         })
         .await?;
-        // 4. Outbound events, deduplicated by their deterministic message id.
-        if self.cfg.publish_outbound {
-            for o in &outbound {
-                let js = self.sh.js.clone();
-                let subject = format!("{}{}", self.cfg.subject_prefix, o.subject);
-                self.retry("publish outbound event", items, || {
-                    let (js, subject) = (js.clone(), subject.clone());
-                    async move {
-                        let mut h = async_nats::HeaderMap::new();
-                        h.insert("Nats-Msg-Id", o.msg_id.as_str());
-                        js.publish_with_headers(subject, h, o.payload.clone().into())
-                            .await
-                            .map_err(|e| WriteError::Nats {
-                                message: format!("outbound {}: {e}", o.msg_id),
-                            })?
-                            .await
-                            .map_err(|e| WriteError::Nats {
-                                message: format!("outbound {}: {e}", o.msg_id),
-                            })?;
-                        Ok(())
-                    }
-                })
-                .await?;
-                self.sh
-                    .metrics
-                    .outbound
-                    .with_label_values(&[&self.cfg.projector, &o.subject])
-                    .inc();
-            }
-        }
+        // 4. Outbound events from the outbox, deduplicated by their deterministic message id.
+        self.publish_outbox(&outbound, items).await?;
         Ok(())
+    }
+
+    /// Publishes outbox entries (confirmed), then removes them from the outbox.
+    async fn publish_outbox(
+        &mut self,
+        outbound: &[projections::Outbound],
+        items: &[Item],
+    ) -> Result<(), WriteError> {
+        if outbound.is_empty() {
+            return Ok(());
+        }
+        for o in outbound {
+            let js = self.sh.js.clone();
+            let subject = format!("{}{}", self.cfg.subject_prefix, o.subject);
+            self.retry("publish outbound event", items, || {
+                let (js, subject) = (js.clone(), subject.clone());
+                async move {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Nats-Msg-Id", o.msg_id.as_str());
+                    let fail = |e: String| WriteError::Nats {
+                        message: format!("outbound {}: {e}", o.msg_id),
+                    };
+                    js.publish_with_headers(subject, h, o.payload.clone().into())
+                        .await
+                        .map_err(|e| fail(e.to_string()))?
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                    Ok(())
+                }
+            })
+            .await?;
+            self.sh
+                .metrics
+                .outbound
+                .with_label_values(&[&self.cfg.projector, &o.subject])
+                .inc();
+        }
+        let ids: Vec<String> = outbound.iter().map(|o| o.msg_id.clone()).collect();
+        let (graph, gen) = (self.sh.graph.clone(), self.cfg.generation.clone());
+        self.retry("clear outbox", items, || graph.outbox_done(&gen, &ids))
+            .await
     }
 
     /// Acks (the one place), metrics and logs of a committed group.

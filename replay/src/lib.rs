@@ -1,1 +1,3 @@
-//! replay
+//! Replays, rebuilds, temporal generations and state hashing, on top of the engine.
+
+pub mod hash;

@@ -3,6 +3,7 @@
 mod bench;
 mod run;
 mod streams;
+mod verify;
 
 use crate::cli::{Cli, Command};
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ pub enum CliError {
     Run(#[from] engine::runner::RunError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Write(#[from] engine::error::WriteError),
     #[error("{0}")]
     Failed(String),
 }
@@ -29,6 +32,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
+            CliError::Run(engine::runner::RunError::UnknownProjector(..)) => 2,
             _ => 1,
         }
     }
@@ -40,5 +44,6 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Streams(c) => streams::run(&cfg, c).await,
         Command::Run(a) => run::run(&cfg, a).await,
         Command::Bench(c) => bench::run(&cfg, c).await,
+        Command::Verify(a) => verify::run(&cfg, a).await,
     }
 }

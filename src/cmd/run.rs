@@ -19,7 +19,7 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
     };
     let opts = RunOptions {
         projectors: a.projectors,
-        generation: a.generation,
+        generation: a.generation.clone(),
         batch_size: a.batch_size as usize,
         on_error: match a.on_error {
             OnErrorArg::Park => OnError::Park,
@@ -33,7 +33,8 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
         metrics_addr,
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         ready_lag: a.ready_lag,
-        publish_outbound: true,
+        // Only the live generation owes the fleet its outbound events.
+        publish_outbound: a.outbound || a.generation == engine::runner::DEFAULT_GENERATION,
     };
     let exits = runner::run(cfg, opts, None).await?;
     for (name, exit) in &exits {

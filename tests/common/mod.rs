@@ -174,3 +174,151 @@ where
         }
     }
 }
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `projector run` child process with its own metrics port.
+pub struct Running {
+    pub child: std::process::Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl TestConfig {
+    /// Starts `projector run --generation <tag> ...` in the background; logs go to a file.
+    pub fn spawn_run(&self, extra: &[&str]) -> Running {
+        let port = free_port();
+        let log =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", self.tag));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_projector"))
+            .arg("--config")
+            .arg(&self.path)
+            .args(["run", "--generation", &self.tag, "--metrics-addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            metrics_port: port,
+            log,
+        }
+    }
+
+    /// `projector run --until-caught-up` into generation `gen`; panics unless it exits 0.
+    pub fn run_until_caught_up(&self, gen: &str) {
+        let out = self.projector(&[
+            "run",
+            "--until-caught-up",
+            "--generation",
+            gen,
+            "--metrics-addr",
+            "off",
+        ]);
+        assert!(out.status.success(), "run failed:\n{}", stderr(&out));
+    }
+
+    /// `projector verify --json` of a generation: (hash, nodes, relationships).
+    pub fn digest(&self, gen: &str) -> (String, u64, u64) {
+        let out = self.projector(&["verify", "--generation", gen, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["hash"].as_str().unwrap().to_string(),
+            v["nodes"].as_u64().unwrap(),
+            v["relationships"].as_u64().unwrap(),
+        )
+    }
+
+    /// Publishes raw payloads on catalog subjects (prefixed with this test's tag).
+    pub async fn publish(&self, js: &async_nats::jetstream::Context, events: &[(&str, &str)]) {
+        for (subject, payload) in events {
+            js.publish(self.subject(subject), payload.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Running {
+    pub fn metrics(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        use std::io::{Read, Write};
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// Sum of a metric's samples whose label set contains every `label="value"` given.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit code (within 60 s).
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "projector did not stop within 60s after SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Counts nodes of `label` with property `key` = `value` in generation `gen`.
+pub async fn count_nodes(g: &neo4rs::Graph, gen: &str, label: &str, key: &str, value: &str) -> i64 {
+    let q = format!("MATCH (n:{label} {{gen: $gen}}) WHERE n.{key} = $v RETURN count(n) AS c");
+    let mut rows = g
+        .execute(neo4rs::query(&q).param("gen", gen).param("v", value))
+        .await
+        .unwrap();
+    rows.next().await.unwrap().unwrap().get::<i64>("c").unwrap()
+}

@@ -35,6 +35,10 @@ pub fn schema() -> Vec<String> {
 
 /// One UNWIND statement writing one property group for many nodes.
 ///
+/// `SET n._lock` takes the node's write lock before the version guard is read: under
+/// Neo4j's read-committed isolation, two transactions could otherwise both read the old
+/// version and the later commit would win whatever its version (a lost update).
+///
 /// Rows: `{id, v, seq, stream, t, p: {prop: value}}`. The group's properties are set only if
 /// the row's version is newer than the stored one; `last_*` likewise. It returns how many
 /// rows it processed and how many nodes hold this version or a newer one afterwards: the
@@ -56,10 +60,12 @@ pub fn node_upsert(group: Group) -> String {
     format!(
         "UNWIND $rows AS row \
          MERGE (n:{label} {{gen: $gen, id: row.id}}) \
+         SET n._lock = true \
          FOREACH (_ IN CASE WHEN n.{v} IS NULL OR n.{v} < row.v THEN [1] ELSE [] END | \
            SET {sets}, n.{v} = row.v) \
          FOREACH (_ IN CASE WHEN n.last_v IS NULL OR n.last_v < row.v THEN [1] ELSE [] END | \
            SET n.last_v = row.v, n.last_seq = row.seq, n.last_stream = row.stream, n.last_event_time_ms = row.t) \
+         REMOVE n._lock \
          RETURN count(*) AS rows, sum(CASE WHEN n.{v} >= row.v THEN 1 ELSE 0 END) AS confirmed",
         sets = sets.join(", ")
     )
@@ -77,8 +83,10 @@ pub fn rel_upsert(rel: Rel) -> String {
          MERGE (a:{from} {{gen: $gen, id: row.from}}) \
          MERGE (b:{to} {{gen: $gen, id: row.to}}) \
          MERGE (a)-[r:{ty}]->(b) \
+         SET r._lock = true \
          FOREACH (_ IN CASE WHEN r.last_v IS NULL OR r.last_v < row.v THEN [1] ELSE [] END | \
            SET r.last_v = row.v, r.last_seq = row.seq, r.last_stream = row.stream) \
+         REMOVE r._lock \
          RETURN count(*) AS rows, sum(CASE WHEN r.last_v >= row.v THEN 1 ELSE 0 END) AS confirmed",
         from = rel.from_label().as_str(),
         to = rel.to_label().as_str(),
@@ -90,8 +98,9 @@ pub fn rel_upsert(rel: Rel) -> String {
 /// if another writer moved it meanwhile, zero rows come back and the batch is rolled back.
 pub const CHECKPOINT_ADVANCE: &str = "MERGE (c:Checkpoint {gen: $gen, id: $id}) \
      ON CREATE SET c.projector = $projector, c.stream = $stream, c.partition = $partition, c.seq = 0 \
+     SET c._lock = true \
      WITH c WHERE c.seq = $expected \
-     SET c.seq = $seq \
+     SET c.seq = $seq REMOVE c._lock \
      RETURN c.seq AS seq";
 
 pub const CHECKPOINT_READ: &str = "MATCH (c:Checkpoint {gen: $gen, id: $id}) RETURN c.seq AS seq";
@@ -128,3 +137,15 @@ mod tests {
         }
     }
 }
+
+/// The transactional outbox: outbound events committed with the batch, published after it.
+pub const OUTBOX_ADD: &str = "UNWIND $rows AS row \
+     MERGE (o:Outbox {gen: $gen, id: row.id}) \
+     SET o.projector = $projector, o.stream = $stream, o.subject = row.subject, o.payload = row.payload \
+     RETURN count(o) AS rows";
+
+pub const OUTBOX_PENDING: &str =
+    "MATCH (o:Outbox {gen: $gen, projector: $projector, stream: $stream}) \
+     RETURN o.id AS id, o.subject AS subject, o.payload AS payload ORDER BY o.id";
+
+pub const OUTBOX_DONE: &str = "MATCH (o:Outbox {gen: $gen}) WHERE o.id IN $ids DELETE o";

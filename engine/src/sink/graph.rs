@@ -5,7 +5,7 @@ use crate::config::Neo4jConfig;
 use crate::error::WriteError;
 use neo4rs::{query, BoltList, BoltMap, BoltNull, BoltType, Graph, Query};
 use projections::context::StoryContext;
-use projections::{CompactBatch, NodeWrite, Prop, RelWrite};
+use projections::{CompactBatch, NodeWrite, Outbound, Prop, RelWrite};
 
 /// Identifies one checkpoint: a projector's position in one partition of one stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -215,10 +215,13 @@ impl GraphSink {
         gen: &str,
         batch: &CompactBatch,
         parked: &[ParkedRecord],
+        outbox: &[Outbound],
         ckpt: &CheckpointMove,
     ) -> Result<(), WriteError> {
         let mut txn = self.graph.start_txn().await.map_err(self.err())?;
-        let result = self.write_all(&mut txn, gen, batch, parked, ckpt).await;
+        let result = self
+            .write_all(&mut txn, gen, batch, parked, outbox, ckpt)
+            .await;
         match result {
             Ok(()) => txn.commit().await.map_err(self.err()),
             Err(e) => {
@@ -264,6 +267,7 @@ impl GraphSink {
         gen: &str,
         batch: &CompactBatch,
         parked: &[ParkedRecord],
+        outbox: &[Outbound],
         ckpt: &CheckpointMove,
     ) -> Result<(), WriteError> {
         // Checkpoint first: a concurrent writer is detected before any work is sent.
@@ -329,7 +333,71 @@ impl GraphSink {
             self.confirmed(txn, q, "parked events".into(), parked.len() as i64)
                 .await?;
         }
+        if !outbox.is_empty() {
+            let rows = list(outbox.iter().map(|o| {
+                map(vec![
+                    ("id", o.msg_id.as_str().into()),
+                    ("subject", o.subject.as_str().into()),
+                    (
+                        "payload",
+                        String::from_utf8_lossy(&o.payload).as_ref().into(),
+                    ),
+                ])
+            }));
+            let q = query(cypher::OUTBOX_ADD)
+                .param("gen", gen)
+                .param("projector", ckpt.key.projector.as_str())
+                .param("stream", ckpt.key.stream.as_str())
+                .param("rows", rows);
+            self.confirmed(txn, q, "outbox entries".into(), outbox.len() as i64)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Outbound events committed but not yet confirmed as published (after a crash).
+    pub async fn outbox_pending(
+        &self,
+        gen: &str,
+        key: &CheckpointKey,
+    ) -> Result<Vec<Outbound>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(cypher::OUTBOX_PENDING)
+                    .param("gen", gen)
+                    .param("projector", key.projector.as_str())
+                    .param("stream", key.stream.as_str()),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            out.push(Outbound {
+                msg_id: row.get("id").unwrap_or_default(),
+                subject: row.get("subject").unwrap_or_default(),
+                payload: row
+                    .get::<String>("payload")
+                    .unwrap_or_default()
+                    .into_bytes(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes outbox entries once their publish is confirmed.
+    pub async fn outbox_done(&self, gen: &str, ids: &[String]) -> Result<(), WriteError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.graph
+            .run(
+                query(cypher::OUTBOX_DONE)
+                    .param("gen", gen)
+                    .param("ids", ids.to_vec()),
+            )
+            .await
+            .map_err(self.err())
     }
 
     /// Stories that have parked events for this projector (the sequenced dead-letter block list).

@@ -1,0 +1,264 @@
+//! Faults during `run`: Neo4j going away, kill -9 mid-batch, a write that Neo4j refuses.
+//! These restart servers or change the schema, so they take one lock and run one at a time.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const STREAMS: [&str; 4] = [
+    "PLANNING_EVENTS",
+    "CONTEXT_EVENTS",
+    "ORCHESTRATOR_EVENTS",
+    "AGENT_RESPONSES",
+];
+
+async fn setup() -> (TestConfig, jetstream::Context) {
+    let t = TestConfig::new();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+    (t, js)
+}
+
+/// (ack floor, pending, ack pending) of this test's durable on a stream.
+async fn consumer_state(js: &jetstream::Context, t: &TestConfig, base: &str) -> (u64, u64, usize) {
+    let s = js.get_stream(t.stream(base)).await.unwrap();
+    let mut c: jetstream::consumer::PullConsumer = s
+        .get_consumer(&format!("projector-graph-{}-p0", t.tag))
+        .await
+        .unwrap();
+    let i = c.info().await.unwrap();
+    (
+        i.ack_floor.stream_sequence,
+        i.num_pending,
+        i.num_ack_pending,
+    )
+}
+
+async fn all_acked(js: &jetstream::Context, t: &TestConfig) -> Result<(), String> {
+    for base in STREAMS {
+        let s = js
+            .get_stream(t.stream(base))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut c: jetstream::consumer::PullConsumer = s
+            .get_consumer(&format!("projector-graph-{}-p0", t.tag))
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = c.info().await.map_err(|e| e.to_string())?;
+        if i.num_pending != 0 || i.num_ack_pending != 0 {
+            return Err(format!(
+                "{base}: pending {} ack pending {}",
+                i.num_pending, i.num_ack_pending
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn http_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn neo4j_down_mid_run_nothing_is_acked_nothing_is_lost() {
+    let _g = SERIAL.lock().await;
+    let (t, js) = setup().await;
+    let first = engine::history::generate(6, 21);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &first, 21)
+        .await
+        .unwrap();
+    let run = t.spawn_run(&["--batch-size", "50", "--ready-lag", "0"]);
+    eventually(60, || all_acked(&js, &t)).await;
+    eventually(10, || async {
+        if http_status(run.metrics_port, "/readyz") == 200 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .await;
+
+    stack(&["stop", "neo4j"]);
+    let before = consumer_state(&js, &t, "PLANNING_EVENTS").await;
+    let second = engine::history::generate(6, 22);
+    // Other stories' ids would collide with the first batch's; a prefix keeps them apart.
+    let second: Vec<_> = second
+        .into_iter()
+        .map(|s| engine::history::Sample {
+            subject: s.subject,
+            payload: s.payload.replace("US-", "US-B"),
+        })
+        .collect();
+    engine::history::publish(&js, &t.cfg.subject_prefix, &second, 22)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = consumer_state(&js, &t, "PLANNING_EVENTS").await;
+    assert_eq!(
+        during.0, before.0,
+        "nothing may be acked while Neo4j is down"
+    );
+    assert!(
+        during.1 + during.2 as u64 > 0,
+        "the new events wait: {during:?}"
+    );
+    assert_eq!(
+        http_status(run.metrics_port, "/readyz"),
+        503,
+        "not ready while Neo4j is down"
+    );
+    let mut run = run;
+    assert!(
+        run.alive(),
+        "projector must survive Neo4j going away:\n{}",
+        run.log()
+    );
+
+    stack(&["start", "neo4j"]);
+    eventually(120, || all_acked(&js, &t)).await;
+    assert!(
+        run.log().contains("transient error, retrying"),
+        "the outage was logged"
+    );
+    assert!(run.metric("projector_retries_total", &[]) > 0.0);
+    assert_eq!(run.terminate(), Some(0));
+
+    let clean = format!("{}-clean", t.tag);
+    t.run_until_caught_up(&clean);
+    assert_eq!(
+        t.digest(&t.tag),
+        t.digest(&clean),
+        "live graph differs from a clean pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_batch_then_restart_equals_a_clean_pass() {
+    let _g = SERIAL.lock().await;
+    let (t, js) = setup().await;
+    let h = engine::history::generate(25, 5);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &h, 5)
+        .await
+        .unwrap();
+    // Kill at different points of the run: early, mid, later.
+    for (i, ms) in [400u64, 900, 700].into_iter().enumerate() {
+        let run = t.spawn_run(&["--batch-size", "25"]);
+        tokio::time::sleep(Duration::from_millis(ms + 300 * i as u64)).await;
+        run.kill9();
+    }
+    t.run_until_caught_up(&t.tag);
+    let clean = format!("{}-clean", t.tag);
+    t.run_until_caught_up(&clean);
+    let (live, fresh) = (t.digest(&t.tag), t.digest(&clean));
+    assert_eq!(
+        live, fresh,
+        "kill -9 left a different graph than a clean pass"
+    );
+
+    // The Valkey side was repaired too: every story's context equals the clean pass's.
+    let mut kv = valkey(&t.cfg).await;
+    for i in 1..=25 {
+        let story = engine::history::story_id(i);
+        let a: Option<String> = redis::cmd("GET")
+            .arg(format!("{}:gen:{}:context:{story}", t.tag, t.tag))
+            .query_async(&mut kv)
+            .await
+            .unwrap();
+        let b: Option<String> = redis::cmd("GET")
+            .arg(format!("{}:gen:{clean}:context:{story}", t.tag))
+            .query_async(&mut kv)
+            .await
+            .unwrap();
+        assert!(a.is_some(), "{story} has no context");
+        assert_eq!(a, b, "{story}");
+    }
+}
+
+/// The seeds' bug #3: a write that "succeeds" without effect. A node poisoned with a
+/// version of the wrong type makes the guarded SET a no-op; projector sees that the write
+/// is not confirmed, counts it as an error, and parks the event instead of acking it as done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_without_effect_is_an_error_metric_and_a_parked_event_never_processed() {
+    let _g = SERIAL.lock().await;
+    let (t, js) = setup().await;
+    let g = neo4j(&t.cfg);
+    g.run(
+        neo4rs::query("CREATE (:Milestone {gen: $gen, id: 'US-2:MVP', v_MilestoneRecord: 42})")
+            .param("gen", t.tag.clone()),
+    )
+    .await
+    .unwrap();
+    let run = t.spawn_run(&[]);
+    t.publish(
+        &js,
+        &[
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-1","milestone":"MVP"}"#,
+            ),
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-2","milestone":"MVP"}"#,
+            ),
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-3","milestone":"BETA"}"#,
+            ),
+        ],
+    )
+    .await;
+    eventually(60, || all_acked(&js, &t)).await;
+    let gen = t.tag.clone();
+    assert_eq!(
+        count_nodes(&g, &gen, "Milestone", "name", "MVP").await,
+        1,
+        "only US-1's MVP landed"
+    );
+    assert_eq!(
+        count_nodes(&g, &gen, "Milestone", "id", "US-3:BETA").await,
+        1
+    );
+    assert_eq!(
+        count_nodes(&g, &gen, "ParkedEvent", "kind", "unconfirmed").await,
+        1
+    );
+    assert_eq!(
+        count_nodes(&g, &gen, "ParkedEvent", "story_id", "US-2").await,
+        1
+    );
+    let m = &run;
+    eventually(10, || async move {
+        let errors = m.metric("projector_write_errors_total", &["kind=\"unconfirmed\""]);
+        let parked = m.metric("projector_parked_total", &["kind=\"unconfirmed\""]);
+        let projected = m.metric("projector_events_total", &["outcome=\"projected\""]);
+        if errors >= 1.0 && parked == 1.0 && projected == 2.0 {
+            Ok(())
+        } else {
+            Err((errors, parked, projected))
+        }
+    })
+    .await;
+    let log = run.log();
+    assert!(log.contains("write refused; parking the event"), "{log}");
+    assert!(
+        log.contains("not confirmed: 0 of 1 rows hold the new version"),
+        "{log}"
+    );
+    assert_eq!(run.terminate(), Some(0));
+}

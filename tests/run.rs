@@ -1,0 +1,360 @@
+//! `projector run` against the real stack: the seeds' scenarios, poison messages, shutdown.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+use std::time::Duration;
+
+async fn setup() -> (TestConfig, jetstream::Context) {
+    let t = TestConfig::new();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+    (t, js)
+}
+
+/// The seeds' end-to-end check: a plan approval published with a plain NATS client reaches
+/// Neo4j and Valkey, and the consumer has nothing outstanding.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
+    let (t, js) = setup().await;
+    let run = t.spawn_run(&[]);
+    t.publish(
+        &js,
+        &[(
+            "planning.plan.approved",
+            r#"{"event_type":"PLAN_APPROVED","story_id":"US-VERIFY-001","plan_id":"plan-verify-v1","timestamp":"2025-10-16T18:00:00Z"}"#,
+        )],
+    )
+    .await;
+    let g = neo4j(&t.cfg);
+    let gen = t.tag.clone();
+    eventually(60, || {
+        let (g, gen) = (g.clone(), gen.clone());
+        async move {
+            match count_nodes(&g, &gen, "PlanApproval", "story_id", "US-VERIFY-001").await {
+                1 => Ok(()),
+                n => Err(n),
+            }
+        }
+    })
+    .await;
+    let approval = count_nodes(
+        &g,
+        &gen,
+        "PlanApproval",
+        "id",
+        "plan-verify-v1:1760637600000",
+    )
+    .await;
+    assert_eq!(approval, 1);
+
+    let mut kv = valkey(&t.cfg).await;
+    let key = format!("{}:context:US-VERIFY-001", t.tag);
+    let ctx: String = eventually(30, || {
+        let mut kv = kv.clone();
+        let key = key.clone();
+        async move {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut kv)
+                .await
+                .map_err(|e| e.to_string())?;
+            v.ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+    let ctx: serde_json::Value = serde_json::from_str(&ctx).unwrap();
+    assert_eq!(ctx["current_plan"]["plan_id"], "plan-verify-v1");
+    assert_eq!(ctx["current_plan"]["approved"], true);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+
+    // Acked: nothing pending or awaiting an ack on the durable.
+    let stream = js.get_stream(t.stream("PLANNING_EVENTS")).await.unwrap();
+    eventually(30, || {
+        let stream = stream.clone();
+        let name = format!("projector-graph-{}-p0", t.tag);
+        async move {
+            let mut c: jetstream::consumer::PullConsumer = stream
+                .get_consumer(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let i = c.info().await.map_err(|e| e.to_string())?;
+            if i.num_ack_pending == 0 && i.num_pending == 0 && i.ack_floor.stream_sequence == 1 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ack pending {}, pending {}, floor {}",
+                    i.num_ack_pending, i.num_pending, i.ack_floor.stream_sequence
+                ))
+            }
+        }
+    })
+    .await;
+    // `streams status` shows the durable.
+    let st = t.projector(&["streams", "status"]);
+    assert!(
+        stdout(&st).contains(&format!("projector-graph-{}-p0", t.tag)),
+        "{}",
+        stdout(&st)
+    );
+    assert_eq!(run.terminate(), Some(0));
+}
+
+/// The seeds' real test message is parked with its reason; other stories go on; the
+/// projector keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_message_is_parked_with_reason_and_the_stream_goes_on() {
+    let (t, js) = setup().await;
+    let mut run = t.spawn_run(&[]);
+    t.publish(
+        &js,
+        &[
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-A","title":"before"}"#,
+            ),
+            ("planning.plan.approved", r#"{"test":"data"}"#),
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-B","title":"after"}"#,
+            ),
+            ("planning.story.created", "{not json"),
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-C","title":"last"}"#,
+            ),
+        ],
+    )
+    .await;
+    let g = neo4j(&t.cfg);
+    let gen = t.tag.clone();
+    eventually(60, || {
+        let (g, gen) = (g.clone(), gen.clone());
+        async move {
+            match count_nodes(&g, &gen, "Story", "id", "US-C").await {
+                1 => Ok(()),
+                n => Err(n),
+            }
+        }
+    })
+    .await;
+    assert_eq!(count_nodes(&g, &gen, "Story", "id", "US-B").await, 1);
+    assert!(run.alive(), "projector died:\n{}", run.log());
+
+    // Parked in the graph (operator's view) with the exact reason ...
+    let mut rows = g
+        .execute(
+            neo4rs::query("MATCH (p:ParkedEvent {gen: $gen}) RETURN p.seq AS seq, p.kind AS kind, p.reason AS reason ORDER BY seq")
+                .param("gen", gen.clone()),
+        )
+        .await
+        .unwrap();
+    let mut parked = Vec::new();
+    while let Some(r) = rows.next().await.unwrap() {
+        parked.push((
+            r.get::<i64>("seq").unwrap(),
+            r.get::<String>("kind").unwrap(),
+            r.get::<String>("reason").unwrap(),
+        ));
+    }
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked[0].0, 2);
+    assert_eq!(parked[0].1, "missing_field");
+    assert_eq!(
+        parked[0].2,
+        "planning.plan.approved: missing required field `story_id` (expected a non-empty string)"
+    );
+    assert_eq!((parked[1].0, parked[1].1.as_str()), (4, "malformed"));
+
+    // ... and in the dead-letter stream, with the original payload and context headers.
+    let dlq = js.get_stream(t.stream("PROJECTOR_DLQ")).await.unwrap();
+    let m = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(&m.payload[..], br#"{"test":"data"}"#);
+    let h = m.headers;
+    assert_eq!(h.get("Projector-Seq").unwrap().as_str(), "2");
+    assert_eq!(
+        h.get("Projector-Original-Subject").unwrap().as_str(),
+        t.subject("planning.plan.approved")
+    );
+    assert_eq!(
+        h.get("Projector-Error-Kind").unwrap().as_str(),
+        "missing_field"
+    );
+
+    // Metrics are updated right after the acks, a moment after the commit.
+    let m = &run;
+    eventually(10, || async move {
+        let parked = m.metric("projector_parked_total", &["kind=\"missing_field\""]);
+        let projected = m.metric("projector_events_total", &["outcome=\"projected\""]);
+        if (parked, projected) == (1.0, 3.0) {
+            Ok(())
+        } else {
+            Err((parked, projected))
+        }
+    })
+    .await;
+    assert_eq!(run.terminate(), Some(0));
+}
+
+/// Once an event of a story is parked, that story's later events are parked behind it,
+/// while other stories go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn later_events_of_a_parked_story_wait_behind_it() {
+    let (t, js) = setup().await;
+    let run = t.spawn_run(&[]);
+    t.publish(
+        &js,
+        &[
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-P","title":"x"}"#,
+            ),
+            (
+                "planning.plan.approved",
+                r#"{"story_id":"US-P","plan_id":42}"#,
+            ),
+            (
+                "planning.plan.created",
+                r#"{"story_id":"US-P","plan_id":"plan-p"}"#,
+            ),
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-OK","title":"y"}"#,
+            ),
+        ],
+    )
+    .await;
+    let g = neo4j(&t.cfg);
+    let gen = t.tag.clone();
+    eventually(60, || {
+        let (g, gen) = (g.clone(), gen.clone());
+        async move {
+            match count_nodes(&g, &gen, "Story", "id", "US-OK").await {
+                1 => Ok(()),
+                n => Err(n),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        count_nodes(&g, &gen, "Plan", "id", "plan-p").await,
+        0,
+        "blocked event must not be projected"
+    );
+    assert_eq!(
+        count_nodes(&g, &gen, "ParkedEvent", "kind", "story_blocked").await,
+        1
+    );
+    assert_eq!(
+        count_nodes(&g, &gen, "ParkedEvent", "kind", "invalid_field").await,
+        1
+    );
+    assert_eq!(run.terminate(), Some(0));
+}
+
+/// The same history projected twice into separate generations gives the same hash, and a
+/// run that is stopped with SIGTERM and restarted gives it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn projection_is_deterministic_across_runs_and_restarts() {
+    let (t, js) = setup().await;
+    let samples = engine::history::generate(30, 11);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &samples, 11)
+        .await
+        .unwrap();
+    let (ga, gb) = (format!("{}-a", t.tag), format!("{}-b", t.tag));
+    t.run_until_caught_up(&ga);
+    t.run_until_caught_up(&gb);
+    let a = t.digest(&ga);
+    assert_eq!(a, t.digest(&gb));
+    assert!(a.1 > 500, "{a:?}");
+
+    let run = t.spawn_run(&["--batch-size", "7"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(run.terminate(), Some(0));
+    t.run_until_caught_up(&t.tag);
+    let (h, n, r) = t.digest(&t.tag);
+    assert_eq!((h, n, r), a);
+}
+
+/// After a deliberation's decisions are committed, `context.updated` is published once,
+/// with a deterministic message id: projecting the same event again does not duplicate it.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_context_updated_is_published_once_after_commit() {
+    let (t, js) = setup().await;
+    t.publish(
+        &js,
+        &[(
+            "orchestration.deliberation.completed",
+            r#"{"story_id":"US-D","task_id":"T-D","decisions":[{"id":"D-1","rationale":"r"}]}"#,
+        )],
+    )
+    .await;
+    for gen in [format!("{}-x", t.tag), format!("{}-y", t.tag)] {
+        let out = t.projector(&[
+            "run",
+            "--until-caught-up",
+            "--outbound",
+            "--generation",
+            &gen,
+            "--metrics-addr",
+            "off",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut ctx = js.get_stream(t.stream("CONTEXT_EVENTS")).await.unwrap();
+    assert_eq!(
+        ctx.info().await.unwrap().state.messages,
+        1,
+        "published exactly once"
+    );
+    let m = ctx.get_raw_message(1).await.unwrap();
+    assert_eq!(m.subject.as_str(), t.subject("context.updated"));
+    assert_eq!(
+        m.headers.get("Nats-Msg-Id").unwrap().as_str(),
+        format!(
+            "projector:{}:1:context.updated",
+            t.stream("ORCHESTRATOR_EVENTS")
+        )
+    );
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["story_id"], "US-D");
+    assert_eq!(body["decision_ids"], serde_json::json!(["D-1"]));
+    // Nothing left in the outbox once published.
+    let g = neo4j(&t.cfg);
+    assert_eq!(
+        count_nodes(
+            &g,
+            &format!("{}-x", t.tag),
+            "Outbox",
+            "subject",
+            "context.updated"
+        )
+        .await,
+        0
+    );
+}
+
+#[test]
+fn unknown_projector_is_a_usage_error() {
+    let t = TestConfig::new();
+    let out = t.projector(&[
+        "run",
+        "--projector",
+        "nope",
+        "--metrics-addr",
+        "off",
+        "--until-caught-up",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown projector \"nope\"; configured: graph"),
+        "{}",
+        stderr(&out)
+    );
+}
