@@ -113,6 +113,18 @@ pub const PARK: &str = "UNWIND $rows AS row \
          p.blocked_by = row.blocked_by, p.dlq_seq = row.dlq_seq \
      RETURN count(p) AS rows";
 
+/// The transactional outbox: outbound events committed with the batch, published after it.
+pub const OUTBOX_ADD: &str = "UNWIND $rows AS row \
+     MERGE (o:Outbox {gen: $gen, id: row.id}) \
+     SET o.projector = $projector, o.stream = $stream, o.subject = row.subject, o.payload = row.payload \
+     RETURN count(o) AS rows";
+
+pub const OUTBOX_PENDING: &str =
+    "MATCH (o:Outbox {gen: $gen, projector: $projector, stream: $stream}) \
+     RETURN o.id AS id, o.subject AS subject, o.payload AS payload ORDER BY o.id";
+
+pub const OUTBOX_DONE: &str = "MATCH (o:Outbox {gen: $gen}) WHERE o.id IN $ids DELETE o";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,15 +149,3 @@ mod tests {
         }
     }
 }
-
-/// The transactional outbox: outbound events committed with the batch, published after it.
-pub const OUTBOX_ADD: &str = "UNWIND $rows AS row \
-     MERGE (o:Outbox {gen: $gen, id: row.id}) \
-     SET o.projector = $projector, o.stream = $stream, o.subject = row.subject, o.payload = row.payload \
-     RETURN count(o) AS rows";
-
-pub const OUTBOX_PENDING: &str =
-    "MATCH (o:Outbox {gen: $gen, projector: $projector, stream: $stream}) \
-     RETURN o.id AS id, o.subject AS subject, o.payload AS payload ORDER BY o.id";
-
-pub const OUTBOX_DONE: &str = "MATCH (o:Outbox {gen: $gen}) WHERE o.id IN $ids DELETE o";
