@@ -53,6 +53,9 @@ pub enum Command {
     /// meanwhile); permanent ones park the event in the dead-letter stream. SIGTERM/SIGINT
     /// finish the batch in flight and exit 0.
     Run(RunArgs),
+    /// Inspect, retry or discard parked (dead-lettered) events.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Print a canonical hash of a generation's graph (nodes, relationships, properties).
     Verify(VerifyArgs),
     /// Benchmark and sample-data tools.
@@ -169,4 +172,58 @@ pub struct VerifyArgs {
     /// Print one JSON object: generation, hash, nodes, relationships.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqTarget {
+    /// Projector whose parked events to act on.
+    #[arg(long, short = 'p', default_value = "graph")]
+    pub projector: String,
+    /// Generation the parked records belong to.
+    #[arg(long, default_value = "main")]
+    pub generation: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List parked events in stream order: id, story, kind, reason.
+    List {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one parked event with its headers and payload.
+    Show {
+        /// Parked event id, as `dlq list` prints it (projector:stream:seq).
+        id: String,
+        #[command(flatten)]
+        target: DlqTarget,
+    },
+    /// Re-project parked events in their original order (after fixing the cause). Events
+    /// that still fail stay parked, and so do the later events of their story.
+    Retry {
+        /// Parked event ids; or use --story / --all.
+        ids: Vec<String>,
+        /// Every parked event of this story.
+        #[arg(long, conflicts_with = "all")]
+        story: Option<String>,
+        /// Every parked event of the projector.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop parked events without projecting them (their story is unblocked when none is left).
+    Discard {
+        /// Parked event ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        target: DlqTarget,
+    },
 }

@@ -19,7 +19,9 @@ async fn setup() -> (TestConfig, jetstream::Context) {
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     let (t, js) = setup().await;
-    let run = t.spawn_run(&[]);
+    // The live generation, so the context lands under the seed's key `context:{story_id}`
+    // (behind this test's key prefix).
+    let run = t.spawn_run_gen("main", &[]);
     t.publish(
         &js,
         &[(
@@ -29,7 +31,7 @@ async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     )
     .await;
     let g = neo4j(&t.cfg);
-    let gen = t.tag.clone();
+    let gen = "main".to_string();
     eventually(60, || {
         let (g, gen) = (g.clone(), gen.clone());
         async move {
@@ -78,7 +80,7 @@ async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     let stream = js.get_stream(t.stream("PLANNING_EVENTS")).await.unwrap();
     eventually(30, || {
         let stream = stream.clone();
-        let name = format!("projector-graph-{}-p0", t.tag);
+        let name = "projector-graph-p0".to_string();
         async move {
             let mut c: jetstream::consumer::PullConsumer = stream
                 .get_consumer(&name)
@@ -99,7 +101,7 @@ async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     // `streams status` shows the durable.
     let st = t.projector(&["streams", "status"]);
     assert!(
-        stdout(&st).contains(&format!("projector-graph-{}-p0", t.tag)),
+        stdout(&st).contains("consumer projector-graph-p0"),
         "{}",
         stdout(&st)
     );
@@ -357,4 +359,100 @@ fn unknown_projector_is_a_usage_error() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The operator's loop: list parked events, discard the bad one, retry the one held behind
+/// it, and the story flows again in the live projector.
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_list_discard_retry_unblocks_the_story() {
+    let (t, js) = setup().await;
+    let run = t.spawn_run(&[]);
+    t.publish(
+        &js,
+        &[
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-R","title":"r"}"#,
+            ),
+            (
+                "planning.plan.approved",
+                r#"{"story_id":"US-R","plan_id":42}"#,
+            ),
+            (
+                "planning.plan.created",
+                r#"{"story_id":"US-R","plan_id":"plan-r"}"#,
+            ),
+        ],
+    )
+    .await;
+    let g = neo4j(&t.cfg);
+    let gen = t.tag.clone();
+    eventually(60, || {
+        let (g, gen) = (g.clone(), gen.clone());
+        async move {
+            match count_nodes(&g, &gen, "ParkedEvent", "story_id", "US-R").await {
+                2 => Ok(()),
+                n => Err(n),
+            }
+        }
+    })
+    .await;
+    let dlq = |args: &[&str]| {
+        let mut a = vec!["dlq"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--generation", &t.tag]);
+        t.projector(&a)
+    };
+    let list = dlq(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let ids: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    let planning = t.stream("PLANNING_EVENTS");
+    assert_eq!(
+        ids,
+        vec![format!("graph:{planning}:2"), format!("graph:{planning}:3")]
+    );
+    assert_eq!(v[1]["kind"], "story_blocked");
+    assert_eq!(v[1]["blocked_by"], format!("graph:{planning}:2"));
+
+    // The first still fails, so the second stays held back behind it.
+    let r = dlq(&["retry", "--story", "US-R"]);
+    assert_eq!(r.status.code(), Some(1), "{}", stdout(&r));
+    assert!(stdout(&r).contains("held back behind an earlier failure of its story"));
+    assert_eq!(count_nodes(&g, &gen, "Plan", "id", "plan-r").await, 0);
+
+    let d = dlq(&["discard", &ids[0]]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    let r = dlq(&["retry", "--story", "US-R"]);
+    assert!(r.status.success(), "{}{}", stdout(&r), stderr(&r));
+    assert_eq!(count_nodes(&g, &gen, "Plan", "id", "plan-r").await, 1);
+    assert_eq!(
+        count_nodes(&g, &gen, "ParkedEvent", "story_id", "US-R").await,
+        0
+    );
+
+    // The live projector notices the story is unblocked.
+    t.publish(
+        &js,
+        &[(
+            "planning.plan.approved",
+            r#"{"story_id":"US-R","plan_id":"plan-r"}"#,
+        )],
+    )
+    .await;
+    eventually(30, || {
+        let (g, gen) = (g.clone(), gen.clone());
+        async move {
+            match count_nodes(&g, &gen, "PlanApproval", "plan_id", "plan-r").await {
+                1 => Ok(()),
+                n => Err(n),
+            }
+        }
+    })
+    .await;
+    assert_eq!(run.terminate(), Some(0));
 }

@@ -73,3 +73,116 @@ pub async fn park(
         .map_err(|e| err(e.to_string()))?;
     Ok(ack.sequence)
 }
+
+/// Which parked events a retry or discard takes.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    Story(String),
+    Ids(Vec<String>),
+}
+
+impl Selection {
+    fn takes(&self, p: &crate::sink::graph::ParkedView) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Story(s) => p.story_id.as_deref() == Some(s.as_str()),
+            Selection::Ids(ids) => ids.iter().any(|i| *i == p.id),
+        }
+    }
+}
+
+/// What a retry did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RetryReport {
+    pub projected: Vec<String>,
+    /// Still failing, with the reason; they stay parked (and so do later events of their story).
+    pub still_failing: Vec<(String, String)>,
+    pub held_back: Vec<String>,
+}
+
+/// Where a retry writes.
+pub struct RetryTarget<'a> {
+    pub js: &'a jetstream::Context,
+    pub graph: &'a crate::sink::graph::GraphSink,
+    pub cache: &'a crate::sink::cache::CacheSink,
+    pub generation: &'a str,
+    pub projector: &'a str,
+    pub subject_prefix: &'a str,
+    pub dlq_stream: &'a str,
+    pub cache_prefix: &'a str,
+}
+
+/// Re-projects parked events in their original order (stream time, stream, sequence) and
+/// removes their parked records in the same transaction. An event that still fails stays
+/// parked, and so do the later parked events of its story.
+pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, WriteError> {
+    let mut parked: Vec<_> = t
+        .graph
+        .parked(t.generation, Some(t.projector))
+        .await?
+        .into_iter()
+        .filter(|p| sel.takes(p))
+        .collect();
+    parked.sort_by(|a, b| (a.ts_ns, &a.stream, a.seq).cmp(&(b.ts_ns, &b.stream, b.seq)));
+    let dlq =
+        t.js.get_stream(t.dlq_stream)
+            .await
+            .map_err(|e| WriteError::Nats {
+                message: format!("dead-letter stream {}: {e}", t.dlq_stream),
+            })?;
+    let mut report = RetryReport::default();
+    let mut failed_stories = std::collections::BTreeSet::new();
+    let mut batch = projections::CompactBatch::default();
+    let mut stories = std::collections::BTreeSet::new();
+    for p in &parked {
+        if let Some(s) = &p.story_id {
+            if failed_stories.contains(s) {
+                report.held_back.push(p.id.clone());
+                continue;
+            }
+        }
+        let m = dlq
+            .get_raw_message(p.dlq_seq)
+            .await
+            .map_err(|e| WriteError::Nats {
+                message: format!("dead letter {} (seq {}): {e}", p.id, p.dlq_seq),
+            })?;
+        let ct = m
+            .headers
+            .get("Content-Type")
+            .map(|v| v.as_str().to_string());
+        let catalog = p
+            .subject
+            .strip_prefix(t.subject_prefix)
+            .unwrap_or(&p.subject);
+        match projections::decode(catalog, ct.as_deref(), &m.payload) {
+            Err(e) => {
+                if let Some(s) = &p.story_id {
+                    failed_stories.insert(s.clone());
+                }
+                report.still_failing.push((p.id.clone(), e.to_string()));
+            }
+            Ok(ev) => {
+                let env =
+                    projections::Envelope::new(&p.stream, p.seq, catalog, p.ts_ns, &m.payload)
+                        .with_content_type(ct.as_deref());
+                let proj = projections::project(&env, &ev);
+                batch.extend(&proj.graph);
+                for projections::CacheOp::RefreshContext { story_id, .. } in &proj.cache {
+                    stories.insert(story_id.clone());
+                }
+                report.projected.push(p.id.clone());
+            }
+        }
+    }
+    if !report.projected.is_empty() {
+        t.graph
+            .commit_retry(t.generation, t.projector, &batch, &report.projected)
+            .await?;
+        let ids: Vec<String> = stories.into_iter().collect();
+        let contexts = t.graph.story_contexts(t.generation, &ids).await?;
+        t.cache.put_contexts(t.cache_prefix, &contexts).await?;
+    }
+    Ok(report)
+}

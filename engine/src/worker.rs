@@ -127,6 +127,7 @@ enum Plan {
 struct Item {
     msg: jetstream::Message,
     seq: u64,
+    ts_ns: i64,
     subject: String,
     delivered: i64,
     pending: u64,
@@ -427,6 +428,7 @@ impl Worker {
         &mut self,
         raw: Vec<jetstream::Message>,
     ) -> Result<(Vec<Item>, Option<Anomaly>), WorkerError> {
+        self.refresh_blocked().await;
         let mut items = Vec::with_capacity(raw.len());
         let mut expected = self.checkpoint + 1;
         let mut batch_blocked: BTreeMap<String, String> = BTreeMap::new();
@@ -492,6 +494,7 @@ impl Worker {
             items.push(Item {
                 msg,
                 seq,
+                ts_ns,
                 subject,
                 delivered,
                 pending,
@@ -499,6 +502,41 @@ impl Worker {
             });
         }
         Ok((items, None))
+    }
+
+    /// Drops stories from the block list once an operator retried or discarded their parked
+    /// events (`projector dlq`). Checked before each batch while the list is non-empty: one
+    /// indexed query, and an unblocked story is never parked by a stale list.
+    async fn refresh_blocked(&mut self) {
+        let stories: Vec<String> = {
+            let b = self.sh.blocked.lock().unwrap_or_else(|e| e.into_inner());
+            if b.is_empty() {
+                return;
+            }
+            b.keys().cloned().collect()
+        };
+        match self
+            .sh
+            .graph
+            .still_blocked(&self.cfg.generation, &self.cfg.projector, &stories)
+            .await
+        {
+            Ok(still) => {
+                let still: BTreeSet<String> = still.into_iter().collect();
+                let mut b = self.sh.blocked.lock().unwrap_or_else(|e| e.into_inner());
+                b.retain(|story, _| {
+                    let keep = still.contains(story);
+                    if !keep {
+                        tracing::info!(worker = %self.name, story, "story unblocked: its parked events were retried or discarded");
+                    }
+                    keep
+                });
+            }
+            // Keeping the list is the safe side: at worst a story stays blocked a while longer.
+            Err(e) => {
+                tracing::warn!(worker = %self.name, error = %e, "cannot refresh the blocked stories; keeping the list")
+            }
+        }
     }
 
     fn decide(
@@ -701,6 +739,7 @@ impl Worker {
                     reason: reason.clone(),
                     blocked_by: blocked_by.clone(),
                     dlq_seq,
+                    ts_ns: it.ts_ns,
                 });
             }
         }

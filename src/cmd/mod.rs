@@ -1,6 +1,7 @@
 //! One module per subcommand; each returns an exit code or a [`CliError`].
 
 mod bench;
+mod dlq;
 mod run;
 mod streams;
 mod verify;
@@ -45,5 +46,6 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Run(a) => run::run(&cfg, a).await,
         Command::Bench(c) => bench::run(&cfg, c).await,
         Command::Verify(a) => verify::run(&cfg, a).await,
+        Command::Dlq(c) => dlq::run(&cfg, c).await,
     }
 }

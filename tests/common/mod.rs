@@ -194,6 +194,11 @@ pub struct Running {
 impl TestConfig {
     /// Starts `projector run --generation <tag> ...` in the background; logs go to a file.
     pub fn spawn_run(&self, extra: &[&str]) -> Running {
+        self.spawn_run_gen(&self.tag, extra)
+    }
+
+    /// Like `spawn_run`, into generation `gen`.
+    pub fn spawn_run_gen(&self, gen: &str, extra: &[&str]) -> Running {
         let port = free_port();
         let log =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", self.tag));
@@ -201,7 +206,7 @@ impl TestConfig {
         let child = Command::new(env!("CARGO_BIN_EXE_projector"))
             .arg("--config")
             .arg(&self.path)
-            .args(["run", "--generation", &self.tag, "--metrics-addr"])
+            .args(["run", "--generation", gen, "--metrics-addr"])
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .stdout(file.try_clone().unwrap())

@@ -91,6 +91,26 @@ impl CacheSink {
         Ok(())
     }
 
+    /// Writes contexts without touching any checkpoint (dead-letter retries, repairs).
+    pub async fn put_contexts(
+        &self,
+        key_prefix: &str,
+        contexts: &[StoryContext],
+    ) -> Result<(), WriteError> {
+        if contexts.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for ctx in contexts {
+            pipe.set(context_key(key_prefix, &ctx.story_id), render(ctx))
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        let () = pipe.query_async(&mut c).await.map_err(self.err())?;
+        Ok(())
+    }
+
     /// Reads one cached context (raw bytes), if present.
     pub async fn get_context(
         &self,

@@ -110,7 +110,7 @@ pub const PARK: &str = "UNWIND $rows AS row \
      MERGE (p:ParkedEvent {gen: $gen, id: row.id}) \
      SET p.projector = $projector, p.stream = row.stream, p.seq = row.seq, p.subject = row.subject, \
          p.story_id = row.story_id, p.reason = row.reason, p.kind = row.kind, \
-         p.blocked_by = row.blocked_by, p.dlq_seq = row.dlq_seq \
+         p.blocked_by = row.blocked_by, p.dlq_seq = row.dlq_seq, p.ts_ns = row.ts_ns \
      RETURN count(p) AS rows";
 
 /// The transactional outbox: outbound events committed with the batch, published after it.

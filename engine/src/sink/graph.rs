@@ -42,12 +42,30 @@ pub struct ParkedRecord {
     /// For an event parked only because an earlier event of its story is parked.
     pub blocked_by: Option<String>,
     pub dlq_seq: u64,
+    /// The original message's stream time: retries project it with its original version.
+    pub ts_ns: i64,
 }
 
 impl ParkedRecord {
     pub fn id(&self, projector: &str) -> String {
         format!("{projector}:{}:{}", self.stream, self.seq)
     }
+}
+
+/// A parked record as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParkedView {
+    pub id: String,
+    pub projector: String,
+    pub stream: String,
+    pub seq: u64,
+    pub subject: String,
+    pub story_id: Option<String>,
+    pub kind: String,
+    pub reason: String,
+    pub blocked_by: Option<String>,
+    pub dlq_seq: u64,
+    pub ts_ns: i64,
 }
 
 /// The graph sink. Cheap to clone (a connection pool inside).
@@ -290,28 +308,7 @@ impl GraphSink {
                 expected: ckpt.expected,
             });
         }
-        // Node groups before relationships, so relationship MERGEs find filled nodes.
-        for (group, writes) in &batch.nodes {
-            let rows = list(writes.values().map(node_row));
-            let q = query(&cypher::node_upsert(*group))
-                .param("gen", gen)
-                .param("rows", rows);
-            self.confirmed(txn, q, format!("{group} nodes"), writes.len() as i64)
-                .await?;
-        }
-        for (rel, writes) in &batch.rels {
-            let rows = list(writes.values().map(rel_row));
-            let q = query(&cypher::rel_upsert(*rel))
-                .param("gen", gen)
-                .param("rows", rows);
-            self.confirmed(
-                txn,
-                q,
-                format!("{} relationships", rel.rel_type()),
-                writes.len() as i64,
-            )
-            .await?;
-        }
+        self.write_ops(txn, gen, batch).await?;
         if !parked.is_empty() {
             let rows = list(parked.iter().map(|p| {
                 map(vec![
@@ -324,6 +321,7 @@ impl GraphSink {
                     ("reason", p.reason.as_str().into()),
                     ("blocked_by", opt(&p.blocked_by)),
                     ("dlq_seq", (p.dlq_seq as i64).into()),
+                    ("ts_ns", p.ts_ns.into()),
                 ])
             }));
             let q = query(cypher::PARK)
@@ -353,6 +351,150 @@ impl GraphSink {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn write_ops(
+        &self,
+        txn: &mut neo4rs::Txn,
+        gen: &str,
+        batch: &CompactBatch,
+    ) -> Result<(), WriteError> {
+        // Node groups before relationships, so relationship MERGEs find filled nodes.
+        for (group, writes) in &batch.nodes {
+            let rows = list(writes.values().map(node_row));
+            let q = query(&cypher::node_upsert(*group))
+                .param("gen", gen)
+                .param("rows", rows);
+            self.confirmed(txn, q, format!("{group} nodes"), writes.len() as i64)
+                .await?;
+        }
+        for (rel, writes) in &batch.rels {
+            let rows = list(writes.values().map(rel_row));
+            let q = query(&cypher::rel_upsert(*rel))
+                .param("gen", gen)
+                .param("rows", rows);
+            self.confirmed(
+                txn,
+                q,
+                format!("{} relationships", rel.rel_type()),
+                writes.len() as i64,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes re-projected parked events and removes their parked records, in one transaction.
+    pub async fn commit_retry(
+        &self,
+        gen: &str,
+        projector: &str,
+        batch: &CompactBatch,
+        parked_ids: &[String],
+    ) -> Result<(), WriteError> {
+        let mut txn = self.graph.start_txn().await.map_err(self.err())?;
+        let res = async {
+            self.write_ops(&mut txn, gen, batch).await?;
+            let q = query(
+                "UNWIND $ids AS id MATCH (p:ParkedEvent {gen: $gen, id: id}) WHERE p.projector = $projector \
+                 DELETE p RETURN count(*) AS rows",
+            )
+            .param("gen", gen)
+            .param("projector", projector)
+            .param("ids", parked_ids.to_vec());
+            self.confirmed(&mut txn, q, "parked records removed".into(), parked_ids.len() as i64)
+                .await
+        }
+        .await;
+        match res {
+            Ok(()) => txn.commit().await.map_err(self.err()),
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Parked records of a projector (all of them, or one story's), in stream order.
+    pub async fn parked(
+        &self,
+        gen: &str,
+        projector: Option<&str>,
+    ) -> Result<Vec<ParkedView>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(
+                    "MATCH (p:ParkedEvent {gen: $gen}) WHERE $projector IS NULL OR p.projector = $projector \
+                     RETURN p.id AS id, p.projector AS projector, p.stream AS stream, p.seq AS seq, \
+                            p.subject AS subject, p.story_id AS story_id, p.kind AS kind, p.reason AS reason, \
+                            p.blocked_by AS blocked_by, p.dlq_seq AS dlq_seq, p.ts_ns AS ts_ns \
+                     ORDER BY p.projector, p.stream, p.seq",
+                )
+                .param("gen", gen)
+                .param("projector", projector.map(str::to_string)),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            out.push(ParkedView {
+                id: row.get("id").unwrap_or_default(),
+                projector: row.get("projector").unwrap_or_default(),
+                stream: row.get("stream").unwrap_or_default(),
+                seq: row.get::<i64>("seq").unwrap_or(0) as u64,
+                subject: row.get("subject").unwrap_or_default(),
+                story_id: row.get("story_id").ok(),
+                kind: row.get("kind").unwrap_or_default(),
+                reason: row.get("reason").unwrap_or_default(),
+                blocked_by: row.get("blocked_by").ok(),
+                dlq_seq: row.get::<i64>("dlq_seq").unwrap_or(0) as u64,
+                ts_ns: row.get::<i64>("ts_ns").unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes parked records without re-projecting them (an operator's decision).
+    pub async fn discard_parked(&self, gen: &str, ids: &[String]) -> Result<u64, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query("UNWIND $ids AS id MATCH (p:ParkedEvent {gen: $gen, id: id}) DELETE p RETURN count(*) AS n")
+                    .param("gen", gen)
+                    .param("ids", ids.to_vec()),
+            )
+            .await
+            .map_err(self.err())?;
+        let n = match rows.next().await.map_err(self.err())? {
+            Some(r) => r.get::<i64>("n").unwrap_or(0),
+            None => 0,
+        };
+        Ok(n as u64)
+    }
+
+    /// Which of `stories` still have parked records for `projector`.
+    pub async fn still_blocked(
+        &self,
+        gen: &str,
+        projector: &str,
+        stories: &[String],
+    ) -> Result<Vec<String>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query("MATCH (p:ParkedEvent {gen: $gen, projector: $projector}) WHERE p.story_id IN $ids RETURN DISTINCT p.story_id AS s")
+                    .param("gen", gen)
+                    .param("projector", projector)
+                    .param("ids", stories.to_vec()),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            out.push(row.get::<String>("s").unwrap_or_default());
+        }
+        Ok(out)
     }
 
     /// Outbound events committed but not yet confirmed as published (after a crash).
