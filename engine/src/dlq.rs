@@ -87,7 +87,7 @@ impl Selection {
         match self {
             Selection::All => true,
             Selection::Story(s) => p.story_id.as_deref() == Some(s.as_str()),
-            Selection::Ids(ids) => ids.iter().any(|i| *i == p.id),
+            Selection::Ids(ids) => ids.contains(&p.id),
         }
     }
 }
