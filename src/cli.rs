@@ -162,6 +162,9 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Generation whose checkpoints and lost ranges to show (read from Neo4j).
+    #[arg(long, default_value = "main")]
+    pub generation: String,
 }
 
 #[derive(Debug, Args)]

@@ -456,3 +456,70 @@ async fn dlq_list_discard_retry_unblocks_the_story() {
     .await;
     assert_eq!(run.terminate(), Some(0));
 }
+
+/// Messages removed from the stream after the checkpoint, before they were projected: the
+/// hole is detected, shown by `streams status`, and halts by default; `--on-gap continue`
+/// records it and goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hole_after_the_checkpoint_halts_by_default_and_is_shown_as_lost_range() {
+    let (t, js) = setup().await;
+    let created = |i: usize| format!(r#"{{"story_id":"US-G{i}","title":"g"}}"#);
+    for i in 1..=5 {
+        t.publish(&js, &[("planning.story.created", &created(i))])
+            .await;
+    }
+    t.run_until_caught_up(&t.tag);
+    for i in 6..=10 {
+        t.publish(&js, &[("planning.story.created", &created(i))])
+            .await;
+    }
+    // Purge 1..=9: the projector has seen 1..=5; 6..=9 are lost to it.
+    let stream = js.get_stream(t.stream("PLANNING_EVENTS")).await.unwrap();
+    stream.purge().sequence(10).await.unwrap();
+
+    let out = t.projector(&[
+        "run",
+        "--until-caught-up",
+        "--generation",
+        &t.tag,
+        "--metrics-addr",
+        "off",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "messages 6..=9 were removed from the stream before projector graph read them"
+        ),
+        "{err}"
+    );
+    let st = t.projector(&["streams", "status", "--generation", &t.tag]);
+    assert!(
+        stdout(&st).contains(&format!(
+            "LOST RANGE graph {} seq 6..=9 (projector halted)",
+            t.stream("PLANNING_EVENTS")
+        )),
+        "{}",
+        stdout(&st)
+    );
+    let g = neo4j(&t.cfg);
+    assert_eq!(count_nodes(&g, &t.tag, "Story", "id", "US-G10").await, 0);
+
+    let out = t.projector(&[
+        "run",
+        "--until-caught-up",
+        "--on-gap",
+        "continue",
+        "--generation",
+        &t.tag,
+        "--metrics-addr",
+        "off",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(count_nodes(&g, &t.tag, "Story", "id", "US-G10").await, 1);
+    let st = t.projector(&["streams", "status", "--generation", &t.tag, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["lost_ranges"][0]["from"], 6);
+    assert_eq!(v["lost_ranges"][0]["to"], 9);
+    assert_eq!(v["lost_ranges"][0]["halted"], false);
+}

@@ -45,7 +45,7 @@ async fn ensure_creates_the_five_seed_streams_in_file_storage() {
     assert_eq!(stdout(&again).matches(": ok").count(), 6);
     let status = t.projector(&["streams", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let storages: Vec<&str> = v
+    let storages: Vec<&str> = v["streams"]
         .as_array()
         .unwrap()
         .iter()

@@ -62,7 +62,7 @@ fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Dura
         .transpose()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     pub url: String,
@@ -74,6 +74,22 @@ pub struct NatsConfig {
     pub creds_file: Option<String>,
     #[serde(default)]
     pub tls_required: bool,
+}
+
+// Secrets never reach logs: Debug hides password and token.
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("creds_file", &self.creds_file)
+            .field("tls_required", &self.tls_required)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -288,6 +304,10 @@ mod tests {
         assert_eq!(cfg.nats.url, "nats://n:1");
         assert_eq!(cfg.valkey.url, "redis://valkey.svc:6379");
         assert!(!format!("{:?}", cfg.neo4j).contains("s3cret"));
+        let env = BTreeMap::from([("NATS_PASSWORD".to_string(), "n4ts-s3cret".to_string())]);
+        cfg.apply_env(&env);
+        assert_eq!(cfg.nats.password.as_deref(), Some("n4ts-s3cret"));
+        assert!(!format!("{cfg:?}").contains("n4ts-s3cret"));
     }
 
     #[test]

@@ -112,10 +112,14 @@ pub async fn exists(js: &jetstream::Context, stream: &str, seq: u64) -> Result<b
         .get_stream(stream)
         .await
         .map_err(|e| nats_err(stream, "get stream")(e.to_string()))?;
+    use jetstream::stream::LastRawMessageErrorKind as K;
     match s.get_raw_message(seq).await {
         Ok(_) => Ok(true),
         Err(e) => match e.kind() {
-            jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            K::NoMessageFound => Ok(false),
+            K::JetStream(err) if err.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND => {
+                Ok(false)
+            }
             _ => Err(nats_err(stream, "get message")(e.to_string())),
         },
     }

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// What to do with an event whose write keeps failing permanently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,8 @@ pub struct Worker {
     name: String,
     checkpoint: u64,
     shutdown: watch::Receiver<bool>,
+    /// Set when the consumer must be recreated at the (re-read) checkpoint.
+    reposition: bool,
 }
 
 impl Worker {
@@ -169,6 +172,7 @@ impl Worker {
             name,
             checkpoint: 0,
             shutdown,
+            reposition: false,
         }
     }
 
@@ -212,7 +216,11 @@ impl Worker {
                         .write_errors
                         .with_label_values(&[&self.cfg.projector, &self.cfg.stream, e.kind()])
                         .inc();
-                    if !e.is_transient() || self.stopping() {
+                    // A moved checkpoint is not retried in place: the worker re-reads it.
+                    if !e.is_transient()
+                        || self.stopping()
+                        || matches!(e, WriteError::CheckpointMoved { .. })
+                    {
                         return Err(e);
                     }
                     self.sh
@@ -374,7 +382,17 @@ impl Worker {
             let started = Instant::now();
             let (items, anomaly) = self.plan(raw).await?;
             if !items.is_empty() {
-                self.commit(items, started).await?;
+                let span = tracing::info_span!(
+                    "batch",
+                    worker = %self.name,
+                    first = items[0].seq,
+                    last = items[items.len() - 1].seq,
+                    events = items.len()
+                );
+                self.commit(items, started).instrument(span).await?;
+                if std::mem::take(&mut self.reposition) {
+                    return Ok(None);
+                }
             }
             match anomaly {
                 None => {}
@@ -614,13 +632,18 @@ impl Worker {
                 self.finish(items, started).await;
                 return Ok(());
             }
-            Err(e) if self.cfg.on_error == OnError::Halt || n == 1 && e.is_transient() => {
-                return Err(self.halt(&items[0], &e));
+            Err(e @ WriteError::CheckpointMoved { .. }) => {
+                tracing::warn!(worker = %self.name, error = %e, "checkpoint moved under this worker (another writer?); re-reading it, nothing acked");
+                self.reposition = true;
+                return Ok(());
             }
             Err(e) if e.is_transient() => {
                 // Only reached on shutdown during retries: nothing committed, nothing acked.
                 tracing::info!(worker = %self.name, error = %e, "stopping with a batch uncommitted; it will be redelivered");
                 return Ok(());
+            }
+            Err(e) if self.cfg.on_error == OnError::Halt => {
+                return Err(self.halt(&items[0], &e));
             }
             Err(e) => {
                 tracing::warn!(worker = %self.name, error = %e, batch = n, "permanent write error in batch; retrying its events one by one to isolate the offender");
@@ -663,6 +686,10 @@ impl Worker {
                     }
                     self.finish(single, Instant::now()).await;
                     continue;
+                }
+                Err(WriteError::CheckpointMoved { .. }) => {
+                    self.reposition = true;
+                    return Ok(());
                 }
                 Err(e) if e.is_transient() => return Ok(()),
                 Err(e) => return Err(self.halt(&single[0], &e)),
@@ -964,6 +991,34 @@ impl Worker {
             return Err(err);
         }
         tracing::error!(worker = %self.name, from, to, "lost range detected and recorded; continuing after it as --on-gap continue says");
+        // Move both checkpoints past the hole, or the next start would find it again.
+        let mv = CheckpointMove {
+            key: self.key.clone(),
+            expected: self.checkpoint,
+            seq: to,
+        };
+        let (cache, prefix) = (self.sh.cache.clone(), self.cfg.cache_prefix.clone());
+        let empty = CompactBatch::default();
+        self.retry("move checkpoint past the hole", &[], || {
+            let (graph, cache, gen, prefix, key, mv) = (
+                graph.clone(),
+                cache.clone(),
+                gen.clone(),
+                prefix.clone(),
+                key.clone(),
+                mv.clone(),
+            );
+            let empty = empty.clone();
+            async move {
+                graph.commit_batch(&gen, &empty, &[], &[], &mv).await?;
+                cache.apply(&gen, &prefix, &[], &key, to).await
+            }
+        })
+        .await
+        .map_err(|e| WorkerError::Fatal {
+            stream: self.cfg.stream.clone(),
+            error: e.to_string(),
+        })?;
         self.checkpoint = to;
         Ok(())
     }

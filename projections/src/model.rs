@@ -79,6 +79,7 @@ impl GraphModel {
             rel.insert("last_v".into(), Prop::Str(key));
             rel.insert("last_seq".into(), Prop::Int(r.version.seq as i64));
             rel.insert("last_stream".into(), Prop::Str(r.version.stream.clone()));
+            rel.insert("last_event_time_ms".into(), Prop::Int(r.event_time_ms));
         }
     }
 }

@@ -207,6 +207,8 @@ pub struct RelWrite {
     pub from: String,
     pub to: String,
     pub version: Version,
+    /// The event's time, milliseconds since the epoch.
+    pub event_time_ms: i64,
 }
 
 /// A graph operation.

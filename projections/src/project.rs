@@ -444,6 +444,7 @@ impl<'e> Builder<'e> {
             from: from.to_string(),
             to: to.to_string(),
             version: self.version.clone(),
+            event_time_ms: self.event_time_ms,
         }));
     }
 

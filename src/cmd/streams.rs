@@ -50,10 +50,22 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
         }
         StreamsCommand::Status(args) => {
             let st = streams::status(&js, &specs).await?;
+            let progress = projector_progress(cfg, &args.generation, &st).await;
             if args.json {
+                let (projectors, lost, neo4j_error) = match &progress {
+                    Ok((p, l)) => (p.clone(), l.clone(), None),
+                    Err(e) => (vec![], vec![], Some(e.to_string())),
+                };
+                let v = serde_json::json!({
+                    "streams": st,
+                    "generation": args.generation,
+                    "projectors": projectors,
+                    "lost_ranges": lost,
+                    "neo4j_error": neo4j_error,
+                });
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&st).expect("serializable")
+                    serde_json::to_string_pretty(&v).expect("serializable")
                 );
                 return Ok(ExitCode::SUCCESS);
             }
@@ -83,7 +95,78 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                     );
                 }
             }
+            match &progress {
+                Ok((projectors, lost)) => {
+                    println!("\nPROJECTOR CHECKPOINTS (generation {})", args.generation);
+                    for p in projectors {
+                        println!(
+                            "  {:<10} {:<22} checkpoint {:>10}  lag {:>8}",
+                            p["projector"].as_str().unwrap_or(""),
+                            p["stream"].as_str().unwrap_or(""),
+                            p["checkpoint"]
+                                .as_u64()
+                                .map(|c| c.to_string())
+                                .unwrap_or_else(|| "none".into()),
+                            p["lag"].to_string()
+                        );
+                    }
+                    if lost.is_empty() {
+                        println!("  no lost ranges");
+                    }
+                    for l in lost {
+                        println!(
+                            "  LOST RANGE {} {} seq {}..={} ({})",
+                            l["projector"].as_str().unwrap_or(""),
+                            l["stream"].as_str().unwrap_or(""),
+                            l["from"],
+                            l["to"],
+                            if l["halted"].as_bool() == Some(true) {
+                                "projector halted"
+                            } else {
+                                "skipped"
+                            }
+                        );
+                    }
+                }
+                Err(e) => println!("\ncheckpoints and lost ranges unknown: {e}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+type Progress = (Vec<serde_json::Value>, Vec<serde_json::Value>);
+
+/// Checkpoints (with lag) and lost ranges of a generation, from Neo4j.
+async fn projector_progress(
+    cfg: &Config,
+    generation: &str,
+    st: &[streams::StreamStatus],
+) -> Result<Progress, engine::error::WriteError> {
+    use engine::sink::graph::{CheckpointKey, GraphSink};
+    let g = GraphSink::connect(&cfg.neo4j)?;
+    let mut projectors = Vec::new();
+    for p in &cfg.projectors {
+        for s in &p.streams {
+            let ckpt = g
+                .checkpoint(generation, &CheckpointKey::new(&p.name, s, 0))
+                .await?;
+            let last = st
+                .iter()
+                .find(|x| &x.name == s)
+                .map(|x| x.last_seq)
+                .unwrap_or(0);
+            projectors.push(serde_json::json!({
+                "projector": p.name, "stream": s, "partition": 0,
+                "checkpoint": ckpt, "lag": last.saturating_sub(ckpt.unwrap_or(0)),
+            }));
+        }
+    }
+    let lost = g
+        .lost_ranges(generation)
+        .await?
+        .into_iter()
+        .map(|(p, s, f, t, h)| serde_json::json!({"projector": p, "stream": s, "from": f, "to": t, "halted": h}))
+        .collect();
+    Ok((projectors, lost))
 }

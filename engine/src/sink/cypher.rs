@@ -85,7 +85,7 @@ pub fn rel_upsert(rel: Rel) -> String {
          MERGE (a)-[r:{ty}]->(b) \
          SET r._lock = true \
          FOREACH (_ IN CASE WHEN r.last_v IS NULL OR r.last_v < row.v THEN [1] ELSE [] END | \
-           SET r.last_v = row.v, r.last_seq = row.seq, r.last_stream = row.stream) \
+           SET r.last_v = row.v, r.last_seq = row.seq, r.last_stream = row.stream, r.last_event_time_ms = row.t) \
          REMOVE r._lock \
          RETURN count(*) AS rows, sum(CASE WHEN r.last_v >= row.v THEN 1 ELSE 0 END) AS confirmed",
         from = rel.from_label().as_str(),

@@ -131,6 +131,7 @@ fn rel_row(r: &RelWrite) -> BoltType {
         ("v", r.version.key().into()),
         ("seq", (r.version.seq as i64).into()),
         ("stream", r.version.stream.as_str().into()),
+        ("t", r.event_time_ms.into()),
     ])
 }
 
