@@ -53,6 +53,13 @@ pub enum Command {
     /// meanwhile); permanent ones park the event in the dead-letter stream. SIGTERM/SIGINT
     /// finish the batch in flight and exit 0.
     Run(RunArgs),
+    /// Re-project a range of stream sequences on top of the current state (fix-forward).
+    ///
+    /// Reads with an ordered consumer, projects with the current projection code and writes
+    /// through the same writer as `run`; writes are version-guarded, so the graph converges to
+    /// what a clean pass gives. Never publishes outbound events. Ctrl-C stops after the batch
+    /// in flight; the same command resumes where it stopped.
+    Replay(ReplayArgs),
     /// Inspect, retry or discard parked (dead-lettered) events.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -229,4 +236,26 @@ pub enum DlqCommand {
         #[command(flatten)]
         target: DlqTarget,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// First stream sequence to re-project (1-based).
+    #[arg(long)]
+    pub from_seq: u64,
+    /// Last stream sequence (default: the stream's last sequence when the replay starts).
+    #[arg(long)]
+    pub to_seq: Option<u64>,
+    /// Stream to replay (repeatable); default: every stream the projector reads.
+    #[arg(long = "stream", short = 's')]
+    pub streams: Vec<String>,
+    /// Projector whose projections to apply.
+    #[arg(long, short = 'p', default_value = "graph")]
+    pub projector: String,
+    /// Generation to write.
+    #[arg(long, default_value = "main")]
+    pub generation: String,
+    /// Messages per transaction.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20000))]
+    pub batch_size: u32,
 }

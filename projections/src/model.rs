@@ -16,9 +16,10 @@ pub struct GraphModel {
     pub rels: BTreeMap<(String, String, String, String, String), Props>,
 }
 
+/// The writer's guard: write unless the stored version is newer (equal = the same event again).
 fn newer(current: Option<&Prop>, key: &str) -> bool {
     match current {
-        Some(Prop::Str(v)) => v.as_str() < key,
+        Some(Prop::Str(v)) => v.as_str() <= key,
         _ => true,
     }
 }

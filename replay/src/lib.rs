@@ -1,3 +1,4 @@
 //! Replays, rebuilds, temporal generations and state hashing, on top of the engine.
 
 pub mod hash;
+pub mod replay;

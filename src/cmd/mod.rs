@@ -2,6 +2,7 @@
 
 mod bench;
 mod dlq;
+mod replay;
 mod run;
 mod streams;
 mod verify;
@@ -25,6 +26,8 @@ pub enum CliError {
     Usage(String),
     #[error(transparent)]
     Write(#[from] engine::error::WriteError),
+    #[error(transparent)]
+    Replay(#[from] ::replay::replay::ReplayError),
     #[error("{0}")]
     Failed(String),
 }
@@ -34,6 +37,7 @@ impl CliError {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Run(engine::runner::RunError::UnknownProjector(..)) => 2,
+            CliError::Replay(e) if e.is_bad_input() => 2,
             _ => 1,
         }
     }
@@ -47,5 +51,6 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(c) => bench::run(&cfg, c).await,
         Command::Verify(a) => verify::run(&cfg, a).await,
         Command::Dlq(c) => dlq::run(&cfg, c).await,
+        Command::Replay(a) => replay::run(&cfg, a).await,
     }
 }

@@ -40,7 +40,9 @@ pub fn schema() -> Vec<String> {
 /// version and the later commit would win whatever its version (a lost update).
 ///
 /// Rows: `{id, v, seq, stream, t, p: {prop: value}}`. The group's properties are set only if
-/// the row's version is newer than the stored one; `last_*` likewise. It returns how many
+/// the row's version is not older than the stored one; `last_*` likewise. An equal version
+/// is the same event again: it is rewritten, so a replay after a projection fix corrects
+/// what the buggy projection wrote. It returns how many
 /// rows it processed and how many nodes hold this version or a newer one afterwards: the
 /// writer requires both to equal the number of rows (a write that did not land is an error).
 ///
@@ -61,9 +63,9 @@ pub fn node_upsert(group: Group) -> String {
         "UNWIND $rows AS row \
          MERGE (n:{label} {{gen: $gen, id: row.id}}) \
          SET n._lock = true \
-         FOREACH (_ IN CASE WHEN n.{v} IS NULL OR n.{v} < row.v THEN [1] ELSE [] END | \
+         FOREACH (_ IN CASE WHEN n.{v} IS NULL OR n.{v} <= row.v THEN [1] ELSE [] END | \
            SET {sets}, n.{v} = row.v) \
-         FOREACH (_ IN CASE WHEN n.last_v IS NULL OR n.last_v < row.v THEN [1] ELSE [] END | \
+         FOREACH (_ IN CASE WHEN n.last_v IS NULL OR n.last_v <= row.v THEN [1] ELSE [] END | \
            SET n.last_v = row.v, n.last_seq = row.seq, n.last_stream = row.stream, n.last_event_time_ms = row.t) \
          REMOVE n._lock \
          RETURN count(*) AS rows, sum(CASE WHEN n.{v} >= row.v THEN 1 ELSE 0 END) AS confirmed",
@@ -84,7 +86,7 @@ pub fn rel_upsert(rel: Rel) -> String {
          MERGE (b:{to} {{gen: $gen, id: row.to}}) \
          MERGE (a)-[r:{ty}]->(b) \
          SET r._lock = true \
-         FOREACH (_ IN CASE WHEN r.last_v IS NULL OR r.last_v < row.v THEN [1] ELSE [] END | \
+         FOREACH (_ IN CASE WHEN r.last_v IS NULL OR r.last_v <= row.v THEN [1] ELSE [] END | \
            SET r.last_v = row.v, r.last_seq = row.seq, r.last_stream = row.stream, r.last_event_time_ms = row.t) \
          REMOVE r._lock \
          RETURN count(*) AS rows, sum(CASE WHEN r.last_v >= row.v THEN 1 ELSE 0 END) AS confirmed",

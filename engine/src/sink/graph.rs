@@ -220,6 +220,22 @@ impl GraphSink {
         }
     }
 
+    /// Removes a checkpoint (a finished replay's progress).
+    pub async fn delete_checkpoint(
+        &self,
+        gen: &str,
+        key: &CheckpointKey,
+    ) -> Result<(), WriteError> {
+        self.graph
+            .run(
+                query("MATCH (c:Checkpoint {gen: $gen, id: $id}) DELETE c")
+                    .param("gen", gen)
+                    .param("id", key.id()),
+            )
+            .await
+            .map_err(self.err())
+    }
+
     /// Writes a batch, its parked records and its checkpoint in one transaction.
     ///
     /// Every statement's effect is confirmed (rows processed and rows holding the new

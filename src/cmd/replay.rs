@@ -1,0 +1,138 @@
+//! `projector replay --from-seq N`.
+
+use super::CliError;
+use crate::cli::ReplayArgs;
+use engine::config::Config;
+use engine::sink::{cache::CacheSink, graph::GraphSink};
+use indicatif::{ProgressBar, ProgressStyle};
+use replay::replay::{plan, replay_stream, ReplayRequest, ReplayTarget};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
+    let Some(projector) = cfg.projector(&a.projector) else {
+        return Err(CliError::Usage(format!(
+            "unknown projector {:?}; configured: {}",
+            a.projector,
+            cfg.projectors
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let streams = if a.streams.is_empty() {
+        projector.streams.clone()
+    } else {
+        for s in &a.streams {
+            if !projector.streams.contains(s) {
+                return Err(CliError::Usage(format!(
+                    "projector {} does not read stream {s}; it reads {}",
+                    a.projector,
+                    projector.streams.join(", ")
+                )));
+            }
+        }
+        a.streams.clone()
+    };
+    let client = engine::nats::connect(&cfg.nats).await?;
+    let js = async_nats::jetstream::new(client);
+    let graph = GraphSink::connect(&cfg.neo4j)?;
+    let cache = CacheSink::connect(&cfg.valkey).await?;
+    let live = a.generation == engine::runner::DEFAULT_GENERATION;
+    let cache_prefix = cache.gen_prefix(&a.generation, live);
+    let target = ReplayTarget {
+        js: &js,
+        graph: &graph,
+        cache: &cache,
+        generation: &a.generation,
+        cache_prefix: &cache_prefix,
+        subject_prefix: &cfg.subject_prefix,
+    };
+    let req = ReplayRequest {
+        projector: a.projector.clone(),
+        streams,
+        from_seq: a.from_seq,
+        to_seq: a.to_seq,
+        batch_size: a.batch_size as usize,
+    };
+    // Every stream is checked before anything is written.
+    let ranges = plan(&target, &req).await?;
+    graph.ensure_schema().await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        engine::runner::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let tty = std::io::stderr().is_terminal();
+    let mut all_done = true;
+    for r in &ranges {
+        if r.start > r.from {
+            tracing::info!(stream = %r.stream, resume_at = r.start, "resuming an interrupted replay");
+        }
+        let total = r.to + 1 - r.start.min(r.to + 1);
+        let bar = if tty {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>22} [{bar:30}] {pos}/{len} events  {per_sec}  eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_prefix(r.stream.clone());
+            Some(b)
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let stream = r.stream.clone();
+        let start = r.start;
+        let report = replay_stream(
+            &target,
+            &req,
+            r,
+            |done| {
+                let n = done + 1 - start;
+                match &bar {
+                    Some(b) => b.set_position(n),
+                    None if last_log.elapsed() > Duration::from_secs(5) => {
+                        last_log = Instant::now();
+                        tracing::info!(stream = %stream, done = n, total, rate = (n as f64 / started.elapsed().as_secs_f64()) as u64, "replaying");
+                    }
+                    None => {}
+                }
+            },
+            &stop_rx,
+        )
+        .await?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{}: replayed {}..={} ({} projected, {} undecodable skipped) in {secs:.1}s{}",
+            r.stream,
+            r.start,
+            report.last,
+            report.projected,
+            report.undecodable,
+            if report.completed {
+                ""
+            } else {
+                " - interrupted; run the same command to resume"
+            }
+        );
+        if !report.completed {
+            all_done = false;
+            break;
+        }
+    }
+    Ok(if all_done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(130)
+    })
+}
