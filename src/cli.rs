@@ -60,6 +60,17 @@ pub enum Command {
     /// what a clean pass gives. Never publishes outbound events. Ctrl-C stops after the batch
     /// in flight; the same command resumes where it stopped.
     Replay(ReplayArgs),
+    /// Rebuild a projector's state from the streams into a new generation, then make it live.
+    ///
+    /// A full deterministic replay from each stream's first sequence runs beside the live
+    /// generation (which keeps serving and writing); once caught up, the new generation
+    /// becomes live in one transaction, live workers switch at their next batch, and the old
+    /// generation is dropped in bounded batches. With --as-of, builds the state as it was at
+    /// that point into generation --name and leaves live alone.
+    Rebuild(RebuildArgs),
+    /// List or drop generations.
+    #[command(subcommand)]
+    Generations(GenerationsCommand),
     /// Inspect, retry or discard parked (dead-lettered) events.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -106,14 +117,15 @@ pub struct RunArgs {
     /// Where to serve /metrics, /healthz and /readyz ("off" to disable).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
-    /// Graph generation to write (see `docs/decisions.md`).
-    #[arg(long, default_value = "main")]
-    pub generation: String,
+    /// Write this generation instead of the live one (the default follows the live
+    /// generation, including promotions by `projector rebuild`).
+    #[arg(long)]
+    pub generation: Option<String>,
     /// Seconds to finish the batches in flight after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
-    /// Publish outbound events (e.g. context.updated) even when writing a generation other
-    /// than the live one (`main`). Off by default there: only the live view owes them.
+    /// Publish outbound events (e.g. context.updated) even when --generation names a
+    /// generation that is not live. Off by default there: only the live view owes them.
     #[arg(long)]
     pub outbound: bool,
     /// /readyz reports ready only while every worker's lag is at most this.
@@ -169,16 +181,20 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Generation whose checkpoints and lost ranges to show (read from Neo4j).
-    #[arg(long, default_value = "main")]
-    pub generation: String,
+    /// Generation whose checkpoints and lost ranges to show (default: the live one).
+    #[arg(long)]
+    pub generation: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Generation to hash.
-    #[arg(long, default_value = "main")]
-    pub generation: String,
+    /// Generation to hash (default: the live one).
+    #[arg(long)]
+    pub generation: Option<String>,
+    /// Build a fresh generation from the streams and compare it with this one; exit 1 with a
+    /// per-label summary when they differ. The temporary generation is dropped afterwards.
+    #[arg(long)]
+    pub against_rebuild: bool,
     /// Print one JSON object: generation, hash, nodes, relationships.
     #[arg(long)]
     pub json: bool,
@@ -189,9 +205,9 @@ pub struct DlqTarget {
     /// Projector whose parked events to act on.
     #[arg(long, short = 'p', default_value = "graph")]
     pub projector: String,
-    /// Generation the parked records belong to.
-    #[arg(long, default_value = "main")]
-    pub generation: String,
+    /// Generation the parked records belong to (default: the live one).
+    #[arg(long)]
+    pub generation: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,10 +268,45 @@ pub struct ReplayArgs {
     /// Projector whose projections to apply.
     #[arg(long, short = 'p', default_value = "graph")]
     pub projector: String,
-    /// Generation to write.
-    #[arg(long, default_value = "main")]
-    pub generation: String,
+    /// Generation to write (default: the live one).
+    #[arg(long)]
+    pub generation: Option<String>,
     /// Messages per transaction.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20000))]
     pub batch_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Projector to rebuild.
+    #[arg(long, short = 'p', default_value = "graph")]
+    pub projector: String,
+    /// Name of the new generation (default: rebuild-<unix seconds>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Build the state as of `seq:N` (every stream up to sequence N) or an RFC 3339 time
+    /// (messages whose stream time is at or before it). Needs --name; live is not touched.
+    #[arg(long, requires = "name")]
+    pub as_of: Option<String>,
+    /// Keep the previous live generation instead of dropping it after the switch.
+    #[arg(long)]
+    pub keep_old: bool,
+    /// Messages per transaction.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20000))]
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerationsCommand {
+    /// Every generation with its number of stories; the live one is marked.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a generation (never the live one) and its cache entries, in bounded batches.
+    Drop {
+        /// Generation name.
+        name: String,
+    },
 }

@@ -21,7 +21,7 @@ async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     let (t, js) = setup().await;
     // The live generation, so the context lands under the seed's key `context:{story_id}`
     // (behind this test's key prefix).
-    let run = t.spawn_run_gen("main", &[]);
+    let run = t.spawn_run_follow_live(&[]);
     t.publish(
         &js,
         &[(
@@ -31,7 +31,7 @@ async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     )
     .await;
     let g = neo4j(&t.cfg);
-    let gen = "main".to_string();
+    let gen = t.main_gen();
     eventually(60, || {
         let (g, gen) = (g.clone(), gen.clone());
         async move {

@@ -155,12 +155,19 @@ pub struct ProjectorEntry {
     pub streams: Vec<String>,
 }
 
+fn default_generation() -> String {
+    "main".into()
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub subject_prefix: String,
+    /// The generation that is live until a rebuild is promoted.
+    #[serde(default = "default_generation")]
+    pub default_generation: String,
     pub nats: NatsConfig,
     pub neo4j: Neo4jConfig,
     pub valkey: ValkeyConfig,

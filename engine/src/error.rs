@@ -24,6 +24,9 @@ pub enum WriteError {
     /// Another writer moved the checkpoint since it was read: this batch must not commit.
     #[error("checkpoint {id} is no longer at {expected}: another writer moved it")]
     CheckpointMoved { id: String, expected: u64 },
+    /// A rebuilt generation was promoted: live workers move to it before writing again.
+    #[error("the live generation moved from {from} to {to}")]
+    GenerationMoved { from: String, to: String },
     /// Valkey could not be reached or refused the transaction.
     #[error("Valkey at {url}: {message}")]
     Valkey { url: String, message: String },
@@ -40,6 +43,7 @@ impl WriteError {
             WriteError::Neo4jUnavailable { .. }
             | WriteError::Neo4jTransient { .. }
             | WriteError::CheckpointMoved { .. }
+            | WriteError::GenerationMoved { .. }
             | WriteError::Valkey { .. }
             | WriteError::Nats { .. } => true,
             WriteError::Neo4jRefused { .. } | WriteError::Unconfirmed { .. } => false,
@@ -54,6 +58,7 @@ impl WriteError {
             WriteError::Neo4jRefused { .. } => "neo4j_refused",
             WriteError::Unconfirmed { .. } => "unconfirmed",
             WriteError::CheckpointMoved { .. } => "checkpoint_moved",
+            WriteError::GenerationMoved { .. } => "generation_moved",
             WriteError::Valkey { .. } => "valkey",
             WriteError::Nats { .. } => "nats",
         }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dlq;
 pub mod error;
+pub mod generations;
 pub mod health;
 pub mod history;
 pub mod metrics;

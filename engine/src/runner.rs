@@ -23,7 +23,8 @@ pub const DEFAULT_GENERATION: &str = "main";
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub projectors: Vec<String>,
-    pub generation: String,
+    /// A fixed generation, or `None` to write whichever is live (and follow promotions).
+    pub generation: Option<String>,
     pub batch_size: usize,
     pub on_error: OnError,
     pub on_gap: OnGap,
@@ -52,7 +53,7 @@ pub enum RunError {
 pub async fn connect(cfg: &Config, health: Health, metrics: Metrics) -> Result<Shared, RunError> {
     let client = crate::nats::connect(&cfg.nats).await?;
     let js = async_nats::jetstream::new(client);
-    let graph = GraphSink::connect(&cfg.neo4j)?;
+    let graph = GraphSink::for_config(cfg)?;
     let cache = CacheSink::connect(&cfg.valkey).await?;
     Ok(Shared {
         js,
@@ -151,12 +152,15 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         }
     }
+    let follow_live = opts.generation.is_none();
+    let generation = match &opts.generation {
+        Some(g) => g.clone(),
+        None => crate::generations::live(&shared.graph).await?,
+    };
+    let live = follow_live || generation == crate::generations::live(&shared.graph).await?;
     let mut set = tokio::task::JoinSet::new();
     for p in &projectors {
-        let blocked = shared
-            .graph
-            .blocked_stories(&opts.generation, &p.name)
-            .await?;
+        let blocked = shared.graph.blocked_stories(&generation, &p.name).await?;
         let sh = Shared {
             blocked: Arc::new(Mutex::new(blocked.into_iter().collect())),
             ..shared.clone()
@@ -166,10 +170,9 @@ pub async fn run(
                 projector: p.name.clone(),
                 stream: stream.clone(),
                 partition: 0,
-                generation: opts.generation.clone(),
-                cache_prefix: shared
-                    .cache
-                    .gen_prefix(&opts.generation, opts.generation == DEFAULT_GENERATION),
+                generation: generation.clone(),
+                follow_live,
+                cache_prefix: shared.cache.gen_prefix(&generation, live),
                 subject_prefix: cfg.subject_prefix.clone(),
                 dlq_subject_prefix: cfg.dead_letters.subject_prefix.clone(),
                 batch_size: opts.batch_size,

@@ -8,13 +8,12 @@ use async_nats::jetstream::{
 };
 use std::time::Duration;
 
-/// The durable's name: one per projector, generation and partition on each stream
-/// (the default generation `main` is left out, so the usual name is `projector-graph-p0`).
-pub fn consumer_name(projector: &str, generation: &str, partition: u32) -> String {
-    if generation == crate::runner::DEFAULT_GENERATION {
-        format!("projector-{projector}-p{partition}")
-    } else {
-        format!("projector-{projector}-{generation}-p{partition}")
+/// The durable's name: one per projector and partition on each stream for the live
+/// workers (`projector-graph-p0`, whatever generation is live), and one per fixed generation.
+pub fn consumer_name(projector: &str, generation: Option<&str>, partition: u32) -> String {
+    match generation {
+        None => format!("projector-{projector}-p{partition}"),
+        Some(g) => format!("projector-{projector}-{g}-p{partition}"),
     }
 }
 

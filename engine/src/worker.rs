@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub stream: String,
     pub partition: u32,
     pub generation: String,
+    /// Write whatever generation is live (re-resolved at start and after a promotion).
+    pub follow_live: bool,
     /// Valkey key prefix of this generation's contexts.
     pub cache_prefix: String,
     /// Prefix in front of catalog subjects (stripped before decoding).
@@ -219,7 +221,10 @@ impl Worker {
                     // A moved checkpoint is not retried in place: the worker re-reads it.
                     if !e.is_transient()
                         || self.stopping()
-                        || matches!(e, WriteError::CheckpointMoved { .. })
+                        || matches!(
+                            e,
+                            WriteError::CheckpointMoved { .. } | WriteError::GenerationMoved { .. }
+                        )
                     {
                         return Err(e);
                     }
@@ -261,6 +266,19 @@ impl Worker {
                 return Ok(self.exit());
             }
             // (Re)start: checkpoint from Neo4j, repair the cache, position the durable.
+            if self.cfg.follow_live {
+                let graph = self.sh.graph.clone();
+                let live = self
+                    .retry("resolve the live generation", &[], || {
+                        crate::generations::live(&graph)
+                    })
+                    .await
+                    .map_err(|e| fatal(&self.cfg.stream, e))?;
+                if live != self.cfg.generation {
+                    tracing::info!(worker = %self.name, from = %self.cfg.generation, to = %live, "writing the live generation");
+                    self.cfg.generation = live;
+                }
+            }
             let (gen, key) = (self.cfg.generation.clone(), self.key.clone());
             let graph = self.sh.graph.clone();
             let stored = self
@@ -290,11 +308,10 @@ impl Worker {
             let consumer = {
                 let js = self.sh.js.clone();
                 let stream = self.cfg.stream.clone();
-                let cname = source::consumer_name(
-                    &self.cfg.projector,
-                    &self.cfg.generation,
-                    self.cfg.partition,
-                );
+                // Live workers keep one durable whatever generation is live.
+                let consumer_gen = (!self.cfg.follow_live).then_some(self.cfg.generation.as_str());
+                let cname =
+                    source::consumer_name(&self.cfg.projector, consumer_gen, self.cfg.partition);
                 let (ckpt, settings) = (self.checkpoint, self.cfg.consumer);
                 self.retry("position consumer", &[], || {
                     source::position(&js, &stream, &cname, ckpt, settings)
@@ -632,6 +649,11 @@ impl Worker {
                 self.finish(items, started).await;
                 return Ok(());
             }
+            Err(e @ WriteError::GenerationMoved { .. }) => {
+                tracing::info!(worker = %self.name, error = %e, "a rebuilt generation was promoted; switching to it, nothing acked");
+                self.reposition = true;
+                return Ok(());
+            }
             Err(e @ WriteError::CheckpointMoved { .. }) => {
                 tracing::warn!(worker = %self.name, error = %e, "checkpoint moved under this worker (another writer?); re-reading it, nothing acked");
                 self.reposition = true;
@@ -687,7 +709,7 @@ impl Worker {
                     self.finish(single, Instant::now()).await;
                     continue;
                 }
-                Err(WriteError::CheckpointMoved { .. }) => {
+                Err(WriteError::CheckpointMoved { .. } | WriteError::GenerationMoved { .. }) => {
                     self.reposition = true;
                     return Ok(());
                 }
@@ -786,6 +808,7 @@ impl Worker {
         }
         let mv = CheckpointMove {
             key: self.key.clone(),
+            fence_live: self.cfg.follow_live,
             expected: self.checkpoint,
             seq: last,
         };
@@ -994,6 +1017,7 @@ impl Worker {
         // Move both checkpoints past the hole, or the next start would find it again.
         let mv = CheckpointMove {
             key: self.key.clone(),
+            fence_live: self.cfg.follow_live,
             expected: self.checkpoint,
             seq: to,
         };

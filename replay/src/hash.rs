@@ -86,3 +86,37 @@ pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, Wr
         relationships: rels,
     })
 }
+
+/// Per label: number of nodes and a hash of them (for a readable difference summary).
+pub async fn label_digests(
+    sink: &GraphSink,
+    gen: &str,
+) -> Result<std::collections::BTreeMap<String, (u64, String)>, WriteError> {
+    let err = |e| WriteError::from_neo4j(sink.uri(), e);
+    let mut out: std::collections::BTreeMap<String, (u64, Sha256)> = Default::default();
+    let mut rows = sink
+        .graph()
+        .execute(
+            query(
+                "MATCH (n) WHERE n.gen = $gen AND labels(n)[0] IN $labels \
+                 RETURN labels(n)[0] AS label, properties(n) AS props ORDER BY label, n.id",
+            )
+            .param("gen", gen)
+            .param("labels", labels()),
+        )
+        .await
+        .map_err(err)?;
+    while let Some(row) = rows.next().await.map_err(err)? {
+        let label: String = row.get("label").unwrap_or_default();
+        let mut props: serde_json::Map<String, serde_json::Value> =
+            row.get("props").unwrap_or_default();
+        props.remove("gen");
+        let e = out.entry(label).or_insert_with(|| (0, Sha256::new()));
+        e.0 += 1;
+        e.1.update(serde_json::to_vec(&props).expect("JSON map serializes"));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(k, (n, h))| (k, (n, hex::encode(h.finalize()))))
+        .collect())
+}

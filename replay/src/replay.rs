@@ -53,6 +53,11 @@ pub struct ReplayRequest {
     pub from_seq: u64,
     pub to_seq: Option<u64>,
     pub batch_size: usize,
+    /// Stop before the first message whose stream time is after this (temporal rebuilds).
+    pub until_ts_ns: Option<i64>,
+    /// Rebuilds: progress is the run checkpoint of the target generation (so `run` can
+    /// continue from it) and is kept at the end.
+    pub as_run_checkpoint: bool,
 }
 
 /// One stream's part of a replay.
@@ -89,6 +94,9 @@ fn nats(stream: &str, e: impl std::fmt::Display) -> ReplayError {
 }
 
 fn progress_key(req: &ReplayRequest, stream: &str, to: u64) -> CheckpointKey {
+    if req.as_run_checkpoint {
+        return CheckpointKey::new(&req.projector, stream, 0);
+    }
     // Keyed by the request, so the same command resumes and a different range starts afresh.
     CheckpointKey::new(
         &format!("replay~{}~{}-{}", req.projector, req.from_seq, to),
@@ -182,7 +190,9 @@ pub async fn replay_stream(
     let key = progress_key(req, &range.stream, range.to);
     if range.start > range.to {
         report.completed = true;
-        t.graph.delete_checkpoint(t.generation, &key).await?;
+        if !req.as_run_checkpoint {
+            t.graph.delete_checkpoint(t.generation, &key).await?;
+        }
         return Ok(report);
     }
     let stream =
@@ -223,7 +233,7 @@ pub async fn replay_stream(
             let info = msg.info().map_err(|e| nats(&range.stream, e))?;
             let seq = info.stream_sequence;
             let ts = info.published.unix_timestamp_nanos() as i64;
-            if seq > range.to {
+            if seq > range.to || req.until_ts_ns.is_some_and(|until| ts > until) {
                 done = true;
                 break;
             }
@@ -260,12 +270,11 @@ pub async fn replay_stream(
         if last > report.last {
             let mv = CheckpointMove {
                 key: key.clone(),
+                fence_live: false,
                 expected: expected_progress,
                 seq: last,
             };
-            t.graph
-                .commit_batch(t.generation, &batch, &[], &[], &mv)
-                .await?;
+            commit_with_retry(t, &batch, &mv).await?;
             expected_progress = last;
             report.last = last;
             if !stories.is_empty() {
@@ -277,6 +286,38 @@ pub async fn replay_stream(
         }
     }
     report.completed = true;
-    t.graph.delete_checkpoint(t.generation, &key).await?;
+    if !req.as_run_checkpoint {
+        t.graph.delete_checkpoint(t.generation, &key).await?;
+    }
     Ok(report)
+}
+
+/// Commits a replay batch, retrying transient errors (deadlocks with the live workers,
+/// a Neo4j restart) with backoff; permanent ones end the replay.
+async fn commit_with_retry(
+    t: &ReplayTarget<'_>,
+    batch: &CompactBatch,
+    mv: &CheckpointMove,
+) -> Result<(), ReplayError> {
+    let backoff = engine::retry::Backoff::default();
+    let mut attempt = 0;
+    loop {
+        match t
+            .graph
+            .commit_batch(t.generation, batch, &[], &[], mv)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.is_transient()
+                    && attempt < 30
+                    && !matches!(e, WriteError::CheckpointMoved { .. }) =>
+            {
+                tracing::warn!(error = %e, attempt = attempt + 1, "transient error during replay; retrying");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -8,12 +8,14 @@ use engine::sink::{cache::CacheSink, graph::GraphSink};
 use std::process::ExitCode;
 
 pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
-    let graph = GraphSink::connect(&cfg.neo4j)?;
+    let graph = GraphSink::for_config(cfg)?;
+    let live = engine::generations::live(&graph).await?;
+    let target_gen =
+        |t: &crate::cli::DlqTarget| t.generation.clone().unwrap_or_else(|| live.clone());
     match cmd {
         DlqCommand::List { target, json } => {
-            let parked = graph
-                .parked(&target.generation, Some(&target.projector))
-                .await?;
+            let generation = target_gen(&target);
+            let parked = graph.parked(&generation, Some(&target.projector)).await?;
             if json {
                 println!(
                     "{}",
@@ -22,7 +24,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             } else if parked.is_empty() {
                 println!(
                     "no parked events for projector {} in generation {}",
-                    target.projector, target.generation
+                    target.projector, generation
                 );
             } else {
                 for p in &parked {
@@ -39,11 +41,10 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show { id, target } => {
-            let parked = graph
-                .parked(&target.generation, Some(&target.projector))
-                .await?;
+            let generation = target_gen(&target);
+            let parked = graph.parked(&generation, Some(&target.projector)).await?;
             let Some(p) = parked.into_iter().find(|p| p.id == id) else {
-                eprintln!("error: no parked event {id} for projector {} in generation {} (see `projector dlq list`)", target.projector, target.generation);
+                eprintln!("error: no parked event {id} for projector {} in generation {} (see `projector dlq list`)", target.projector, generation);
                 return Ok(ExitCode::from(1));
             };
             let client = engine::nats::connect(&cfg.nats).await?;
@@ -81,6 +82,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             target,
             json,
         } => {
+            let generation = target_gen(&target);
             let sel = match (all, story, ids.is_empty()) {
                 (true, _, true) => Selection::All,
                 (false, Some(s), true) => Selection::Story(s),
@@ -94,16 +96,13 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             let client = engine::nats::connect(&cfg.nats).await?;
             let js = async_nats::jetstream::new(client);
             let cache = CacheSink::connect(&cfg.valkey).await?;
-            let cache_prefix = cache.gen_prefix(
-                &target.generation,
-                target.generation == engine::runner::DEFAULT_GENERATION,
-            );
+            let cache_prefix = cache.gen_prefix(&generation, generation == live);
             let report = engine::dlq::retry(
                 &RetryTarget {
                     js: &js,
                     graph: &graph,
                     cache: &cache,
-                    generation: &target.generation,
+                    generation: &generation,
                     projector: &target.projector,
                     subject_prefix: &cfg.subject_prefix,
                     dlq_stream: &cfg.dead_letters.stream,
@@ -133,7 +132,8 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             })
         }
         DlqCommand::Discard { ids, target } => {
-            let n = graph.discard_parked(&target.generation, &ids).await?;
+            let generation = target_gen(&target);
+            let n = graph.discard_parked(&generation, &ids).await?;
             println!("discarded {n} parked event(s)");
             Ok(if n as usize == ids.len() {
                 ExitCode::SUCCESS

@@ -2,6 +2,7 @@
 
 mod bench;
 mod dlq;
+mod rebuild;
 mod replay;
 mod run;
 mod streams;
@@ -52,5 +53,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify(a) => verify::run(&cfg, a).await,
         Command::Dlq(c) => dlq::run(&cfg, c).await,
         Command::Replay(a) => replay::run(&cfg, a).await,
+        Command::Rebuild(a) => rebuild::run(&cfg, a).await,
+        Command::Generations(c) => rebuild::generations(&cfg, c).await,
     }
 }

@@ -38,15 +38,16 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
     };
     let client = engine::nats::connect(&cfg.nats).await?;
     let js = async_nats::jetstream::new(client);
-    let graph = GraphSink::connect(&cfg.neo4j)?;
+    let graph = GraphSink::for_config(cfg)?;
     let cache = CacheSink::connect(&cfg.valkey).await?;
-    let live = a.generation == engine::runner::DEFAULT_GENERATION;
-    let cache_prefix = cache.gen_prefix(&a.generation, live);
+    let live_gen = engine::generations::live(&graph).await?;
+    let generation = a.generation.clone().unwrap_or_else(|| live_gen.clone());
+    let cache_prefix = cache.gen_prefix(&generation, generation == live_gen);
     let target = ReplayTarget {
         js: &js,
         graph: &graph,
         cache: &cache,
-        generation: &a.generation,
+        generation: &generation,
         cache_prefix: &cache_prefix,
         subject_prefix: &cfg.subject_prefix,
     };
@@ -56,6 +57,8 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
         from_seq: a.from_seq,
         to_seq: a.to_seq,
         batch_size: a.batch_size as usize,
+        until_ts_ns: None,
+        as_run_checkpoint: false,
     };
     // Every stream is checked before anything is written.
     let ranges = plan(&target, &req).await?;

@@ -34,7 +34,7 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         ready_lag: a.ready_lag,
         // Only the live generation owes the fleet its outbound events.
-        publish_outbound: a.outbound || a.generation == engine::runner::DEFAULT_GENERATION,
+        publish_outbound: a.outbound || a.generation.is_none(),
     };
     let exits = runner::run(cfg, opts, None).await?;
     for (name, exit) in &exits {

@@ -50,15 +50,15 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
         }
         StreamsCommand::Status(args) => {
             let st = streams::status(&js, &specs).await?;
-            let progress = projector_progress(cfg, &args.generation, &st).await;
+            let progress = projector_progress(cfg, args.generation.as_deref(), &st).await;
             if args.json {
                 let (projectors, lost, neo4j_error) = match &progress {
-                    Ok((p, l)) => (p.clone(), l.clone(), None),
+                    Ok((p, l, _)) => (p.clone(), l.clone(), None),
                     Err(e) => (vec![], vec![], Some(e.to_string())),
                 };
                 let v = serde_json::json!({
                     "streams": st,
-                    "generation": args.generation,
+                    "generation": progress.as_ref().map(|p| p.2.clone()).ok(),
                     "projectors": projectors,
                     "lost_ranges": lost,
                     "neo4j_error": neo4j_error,
@@ -96,8 +96,8 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 }
             }
             match &progress {
-                Ok((projectors, lost)) => {
-                    println!("\nPROJECTOR CHECKPOINTS (generation {})", args.generation);
+                Ok((projectors, lost, generation)) => {
+                    println!("\nPROJECTOR CHECKPOINTS (generation {generation})");
                     for p in projectors {
                         println!(
                             "  {:<10} {:<22} checkpoint {:>10}  lag {:>8}",
@@ -135,16 +135,21 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
     }
 }
 
-type Progress = (Vec<serde_json::Value>, Vec<serde_json::Value>);
+type Progress = (Vec<serde_json::Value>, Vec<serde_json::Value>, String);
 
 /// Checkpoints (with lag) and lost ranges of a generation, from Neo4j.
 async fn projector_progress(
     cfg: &Config,
-    generation: &str,
+    generation: Option<&str>,
     st: &[streams::StreamStatus],
 ) -> Result<Progress, engine::error::WriteError> {
     use engine::sink::graph::{CheckpointKey, GraphSink};
-    let g = GraphSink::connect(&cfg.neo4j)?;
+    let g = GraphSink::for_config(cfg)?;
+    let generation = match generation {
+        Some(x) => x.to_string(),
+        None => engine::generations::live(&g).await?,
+    };
+    let generation = generation.as_str();
     let mut projectors = Vec::new();
     for p in &cfg.projectors {
         for s in &p.streams {
@@ -168,5 +173,5 @@ async fn projector_progress(
         .into_iter()
         .map(|(p, s, f, t, h)| serde_json::json!({"projector": p, "stream": s, "from": f, "to": t, "halted": h}))
         .collect();
-    Ok((projectors, lost))
+    Ok((projectors, lost, generation.to_string()))
 }

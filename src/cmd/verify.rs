@@ -1,24 +1,89 @@
-//! `projector verify`.
+//! `projector verify [--against-rebuild]`.
 
 use super::CliError;
 use crate::cli::VerifyArgs;
 use engine::config::Config;
-use engine::sink::graph::GraphSink;
+use engine::sink::{cache::CacheSink, graph::GraphSink};
 use std::process::ExitCode;
 
 pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
-    let sink = GraphSink::connect(&cfg.neo4j)?;
-    let d = replay::hash::graph_digest(&sink, &a.generation).await?;
+    let sink = GraphSink::for_config(cfg)?;
+    let gen = match a.generation {
+        Some(g) => g,
+        None => engine::generations::live(&sink).await?,
+    };
+    let d = replay::hash::graph_digest(&sink, &gen).await?;
+    if !a.against_rebuild {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"generation": gen, "hash": d.hash, "nodes": d.nodes, "relationships": d.relationships})
+            );
+        } else {
+            println!(
+                "generation {gen}: {} nodes, {} relationships, hash {}",
+                d.nodes, d.relationships, d.hash
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let tmp = format!("verify-{secs}");
+    let mut diffs = Vec::new();
+    for p in &cfg.projectors {
+        super::rebuild::build_generation(cfg, &p.name, &tmp, None, 2000).await?;
+    }
+    let fresh = replay::hash::graph_digest(&sink, &tmp).await?;
+    if fresh.hash != d.hash {
+        let a_labels = replay::hash::label_digests(&sink, &gen).await?;
+        let b_labels = replay::hash::label_digests(&sink, &tmp).await?;
+        for (label, (n, h)) in &b_labels {
+            match a_labels.get(label) {
+                Some((_, g)) if g == h => {}
+                Some((m, _)) => diffs.push(format!(
+                    "{label}: {m} nodes in {gen}, {n} in the rebuild, contents differ"
+                )),
+                None => diffs.push(format!("{label}: none in {gen}, {n} in the rebuild")),
+            }
+        }
+        for (label, (m, _)) in &a_labels {
+            if !b_labels.contains_key(label) {
+                diffs.push(format!("{label}: {m} nodes in {gen}, none in the rebuild"));
+            }
+        }
+        if diffs.is_empty() {
+            diffs.push("relationships differ".into());
+        }
+    }
+    let cache = CacheSink::connect(&cfg.valkey).await?;
+    engine::generations::drop_generation(&sink, &cache, &tmp).await?;
+    let same = fresh.hash == d.hash;
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"generation": a.generation, "hash": d.hash, "nodes": d.nodes, "relationships": d.relationships})
+            serde_json::json!({"generation": gen, "hash": d.hash, "nodes": d.nodes, "relationships": d.relationships,
+                               "rebuild_hash": fresh.hash, "equal": same, "differences": diffs})
+        );
+    } else if same {
+        println!(
+            "generation {gen} equals a fresh rebuild: {} nodes, {} relationships, hash {}",
+            d.nodes, d.relationships, d.hash
         );
     } else {
         println!(
-            "generation {}: {} nodes, {} relationships, hash {}",
-            a.generation, d.nodes, d.relationships, d.hash
+            "generation {gen} DIFFERS from a fresh rebuild ({} vs {}):",
+            d.hash, fresh.hash
         );
+        for x in &diffs {
+            println!("  {x}");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

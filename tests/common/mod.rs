@@ -73,7 +73,11 @@ impl TestConfig {
                 "subject_prefix = \"projector.dlq\"",
                 &format!("subject_prefix = \"{tag}.projector.dlq\""),
             )
-            .replace("key_prefix = \"\"", &format!("key_prefix = \"{tag}:\""));
+            .replace("key_prefix = \"\"", &format!("key_prefix = \"{tag}:\""))
+            .replace(
+                "default_generation = \"main\"",
+                &format!("default_generation = \"{tag}-main\""),
+            );
         let text = edit(text);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let path = dir.join(format!("{tag}.toml"));
@@ -86,6 +90,11 @@ impl TestConfig {
             cfg,
             path,
         }
+    }
+
+    /// This test's default (initially live) generation.
+    pub fn main_gen(&self) -> String {
+        format!("{}-main", self.tag)
     }
 
     /// This test's name for one of the standard streams.
@@ -197,8 +206,17 @@ impl TestConfig {
         self.spawn_run_gen(&self.tag, extra)
     }
 
+    /// `projector run` following the live generation (no --generation).
+    pub fn spawn_run_follow_live(&self, extra: &[&str]) -> Running {
+        self.spawn(&["run"], extra)
+    }
+
     /// Like `spawn_run`, into generation `gen`.
     pub fn spawn_run_gen(&self, gen: &str, extra: &[&str]) -> Running {
+        self.spawn(&["run", "--generation", gen], extra)
+    }
+
+    fn spawn(&self, cmd: &[&str], extra: &[&str]) -> Running {
         let port = free_port();
         let log =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", self.tag));
@@ -206,7 +224,8 @@ impl TestConfig {
         let child = Command::new(env!("CARGO_BIN_EXE_projector"))
             .arg("--config")
             .arg(&self.path)
-            .args(["run", "--generation", gen, "--metrics-addr"])
+            .args(cmd)
+            .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .stdout(file.try_clone().unwrap())

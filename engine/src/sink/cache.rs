@@ -111,6 +111,36 @@ impl CacheSink {
         Ok(())
     }
 
+    /// Deletes every key under a prefix (a dropped generation's cache), with SCAN in batches.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, WriteError> {
+        let mut c = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(self.err())?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(self.err())?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// Reads one cached context (raw bytes), if present.
     pub async fn get_context(
         &self,

@@ -22,6 +22,9 @@ pub fn schema() -> Vec<String> {
     out.push("CREATE CONSTRAINT parked_gen_id IF NOT EXISTS FOR (n:ParkedEvent) REQUIRE (n.gen, n.id) IS UNIQUE".into());
     out.push("CREATE CONSTRAINT lostrange_gen_id IF NOT EXISTS FOR (n:LostRange) REQUIRE (n.gen, n.id) IS UNIQUE".into());
     out.push(
+        "CREATE CONSTRAINT generation_pointer_id IF NOT EXISTS FOR (n:GenerationPointer) REQUIRE n.id IS UNIQUE".into(),
+    );
+    out.push(
         "CREATE INDEX story_event_story IF NOT EXISTS FOR (n:StoryEvent) ON (n.gen, n.story_id)"
             .into(),
     );

@@ -73,6 +73,11 @@ pub struct ParkedView {
 pub struct GraphSink {
     graph: Graph,
     uri: String,
+    /// Id of this deployment's live-generation pointer (`live`, or `live:<subject prefix>`
+    /// when several deployments share one Neo4j).
+    pointer: String,
+    /// Live generation while the pointer does not exist yet.
+    default_gen: String,
 }
 
 fn prop(p: &Prop) -> BoltType {
@@ -145,6 +150,9 @@ fn opt(s: &Option<String>) -> BoltType {
 #[derive(Debug, Clone)]
 pub struct CheckpointMove {
     pub key: CheckpointKey,
+    /// Live workers: fail with [`WriteError::GenerationMoved`] if the generation written is
+    /// no longer the live one (a rebuild was promoted).
+    pub fence_live: bool,
     /// Where the writer read it (0 when there was none).
     pub expected: u64,
     pub seq: u64,
@@ -165,7 +173,29 @@ impl GraphSink {
         Ok(GraphSink {
             graph,
             uri: cfg.uri.clone(),
+            pointer: "live".into(),
+            default_gen: "main".into(),
         })
+    }
+
+    /// The sink for a whole configuration: its Neo4j, and its own live-generation pointer.
+    pub fn for_config(cfg: &crate::config::Config) -> Result<GraphSink, WriteError> {
+        let mut g = GraphSink::connect(&cfg.neo4j)?;
+        if !cfg.subject_prefix.is_empty() {
+            g.pointer = format!("live:{}", cfg.subject_prefix);
+        }
+        g.default_gen = cfg.default_generation.clone();
+        Ok(g)
+    }
+
+    /// The generation that is live while no rebuild was promoted.
+    pub fn default_generation(&self) -> &str {
+        &self.default_gen
+    }
+
+    /// The id of the live-generation pointer node.
+    pub fn pointer(&self) -> &str {
+        &self.pointer
     }
 
     pub fn uri(&self) -> &str {
@@ -305,6 +335,28 @@ impl GraphSink {
         outbox: &[Outbound],
         ckpt: &CheckpointMove,
     ) -> Result<(), WriteError> {
+        if ckpt.fence_live {
+            let mut rows = txn
+                .execute(
+                    query("OPTIONAL MATCH (p:GenerationPointer {id: $pointer}) RETURN coalesce(p.name, $default) AS live")
+                        .param("pointer", self.pointer.as_str())
+                        .param("default", self.default_gen.as_str()),
+                )
+                .await
+                .map_err(self.err())?;
+            let live: String = rows
+                .next(txn.handle())
+                .await
+                .map_err(self.err())?
+                .and_then(|r| r.get("live").ok())
+                .unwrap_or_else(|| self.default_gen.clone());
+            if live != gen {
+                return Err(WriteError::GenerationMoved {
+                    from: gen.to_string(),
+                    to: live,
+                });
+            }
+        }
         // Checkpoint first: a concurrent writer is detected before any work is sent.
         let mut rows = txn
             .execute(

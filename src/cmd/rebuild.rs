@@ -1,0 +1,207 @@
+//! `projector rebuild`, `projector generations`, and the rebuild behind `verify --against-rebuild`.
+
+use super::CliError;
+use crate::cli::{GenerationsCommand, RebuildArgs};
+use engine::config::Config;
+use engine::generations;
+use engine::runner::{self, RunOptions};
+use engine::sink::{cache::CacheSink, graph::CheckpointKey, graph::GraphSink};
+use engine::worker::{OnError, OnGap};
+use replay::rebuild::{build, AsOf};
+use replay::replay::ReplayTarget;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Builds generation `name` from the streams and catches it up with the streams' current end.
+/// Returns the checkpoint keys it holds.
+pub async fn build_generation(
+    cfg: &Config,
+    projector: &str,
+    name: &str,
+    as_of: Option<AsOf>,
+    batch_size: usize,
+) -> Result<Vec<CheckpointKey>, CliError> {
+    let Some(p) = cfg.projector(projector) else {
+        return Err(CliError::Usage(format!(
+            "unknown projector {projector:?}; configured: {}",
+            cfg.projectors
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let client = engine::nats::connect(&cfg.nats).await?;
+    let js = async_nats::jetstream::new(client);
+    let graph = GraphSink::for_config(cfg)?;
+    let cache = CacheSink::connect(&cfg.valkey).await?;
+    graph.ensure_schema().await?;
+    let prefix = cache.gen_prefix(name, false);
+    let target = ReplayTarget {
+        js: &js,
+        graph: &graph,
+        cache: &cache,
+        generation: name,
+        cache_prefix: &prefix,
+        subject_prefix: &cfg.subject_prefix,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        runner::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    let reports = build(
+        &target,
+        projector,
+        &p.streams,
+        as_of,
+        batch_size,
+        |stream, done, to| {
+            if last_log.elapsed() > Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(generation = name, stream, done, to, "rebuilding");
+            }
+        },
+        &stop_rx,
+    )
+    .await?;
+    signals.abort();
+    let events: u64 = reports.iter().map(|r| r.projected + r.undecodable).sum();
+    if reports.iter().any(|r| !r.completed) {
+        return Err(CliError::Failed(format!(
+            "rebuild of {name} interrupted after {events} events; run the same command to resume"
+        )));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        generation = name,
+        events,
+        seconds = format!("{secs:.1}"),
+        rate = (events as f64 / secs.max(1e-9)) as u64,
+        "replayed the streams into the generation"
+    );
+    if as_of.is_none() {
+        // Events that arrived during the replay: the same workers as `run`, into `name`.
+        runner::run(
+            cfg,
+            RunOptions {
+                projectors: vec![projector.to_string()],
+                generation: Some(name.to_string()),
+                batch_size: batch_size.min(1000),
+                on_error: OnError::Park,
+                on_gap: OnGap::Halt,
+                until_caught_up: true,
+                metrics_addr: None,
+                shutdown_timeout: Duration::from_secs(30),
+                ready_lag: u64::MAX,
+                publish_outbound: false,
+            },
+            None,
+        )
+        .await?;
+    }
+    Ok(p.streams
+        .iter()
+        .map(|s| CheckpointKey::new(projector, s, 0))
+        .collect())
+}
+
+pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
+    let as_of = a
+        .as_of
+        .as_deref()
+        .map(AsOf::parse)
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let graph = GraphSink::for_config(cfg)?;
+    let live = generations::live(&graph).await?;
+    let name = a.name.clone().unwrap_or_else(|| {
+        // A name, not projected state: the wall clock is fine here.
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!("rebuild-{secs}")
+    });
+    if name == live {
+        return Err(CliError::Usage(format!(
+            "generation {name} is the live one; pick another --name"
+        )));
+    }
+    let keys = build_generation(cfg, &a.projector, &name, as_of, a.batch_size as usize).await?;
+    if as_of.is_some() {
+        println!(
+            "temporal generation {name} built as of {}; live ({live}) untouched",
+            a.as_of.unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Live keeps moving: catch up again until the switch finds the new generation not behind.
+    let mut promoted = false;
+    for attempt in 0..20 {
+        if generations::promote(&graph, &name, &keys).await? {
+            promoted = true;
+            break;
+        }
+        tracing::info!(
+            attempt,
+            "live is ahead of {name}; catching up before the switch"
+        );
+        build_generation(cfg, &a.projector, &name, None, a.batch_size as usize).await?;
+    }
+    if !promoted {
+        return Err(CliError::Failed(format!(
+            "generation {name} kept falling behind live; it is built but not live. Run `projector rebuild --name {name}` again at a quieter time"
+        )));
+    }
+    println!("generation {name} is live (was {live})");
+    if !a.keep_old {
+        let cache = CacheSink::connect(&cfg.valkey).await?;
+        let n = generations::drop_generation(&graph, &cache, &live).await?;
+        println!("dropped generation {live} ({n} nodes)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn generations(cfg: &Config, c: GenerationsCommand) -> Result<ExitCode, CliError> {
+    let graph = GraphSink::for_config(cfg)?;
+    let live = generations::live(&graph).await?;
+    match c {
+        GenerationsCommand::List { json } => {
+            let list = generations::list(&graph).await?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(g, n)| serde_json::json!({"generation": g, "stories": n, "live": *g == live}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("serializable")
+                );
+            } else {
+                for (g, n) in &list {
+                    println!(
+                        "{}{g:<30} {n:>8} stories",
+                        if *g == live { "* " } else { "  " }
+                    );
+                }
+                if !list.iter().any(|(g, _)| *g == live) {
+                    println!("* {live:<30} (live, empty)");
+                }
+            }
+        }
+        GenerationsCommand::Drop { name } => {
+            if name == live {
+                return Err(CliError::Usage(format!(
+                    "generation {name} is live; promote another one first (projector rebuild)"
+                )));
+            }
+            let cache = CacheSink::connect(&cfg.valkey).await?;
+            let n = generations::drop_generation(&graph, &cache, &name).await?;
+            println!("dropped generation {name} ({n} nodes)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
