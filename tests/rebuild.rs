@@ -61,6 +61,10 @@ async fn two_rebuilds_and_the_live_run_give_the_same_hash() {
         serde_json::from_str(&ok(t.projector(&["verify", "--against-rebuild", "--json"]))).unwrap();
     assert_eq!(v["generation"], r2.as_str());
     assert_eq!(v["equal"], true, "{v}");
+    // The live cache switched with the graph: one context per story under the live prefix.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(t.projector(&["verify", "--json"]))).unwrap();
+    assert_eq!(v["cache_keys"], 20, "{v}");
     // Dropping the live generation is refused.
     let o = t.projector(&["generations", "drop", &r2]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -156,9 +156,21 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
             "generation {name} kept falling behind live; it is built but not live. Run `projector rebuild --name {name}` again at a quieter time"
         )));
     }
-    println!("generation {name} is live (was {live})");
+    // Readers of `context:{story_id}` switch with the graph: re-render every story of the new
+    // live generation under the live prefix.
+    let cache = CacheSink::connect(&cfg.valkey).await?;
+    let ids = graph.story_ids(&name).await?;
+    for chunk in ids.chunks(500) {
+        let contexts = graph.story_contexts(&name, chunk).await?;
+        cache
+            .put_contexts(&cache.gen_prefix(&name, true), &contexts)
+            .await?;
+    }
+    println!(
+        "generation {name} is live (was {live}); {} story contexts re-rendered",
+        ids.len()
+    );
     if !a.keep_old {
-        let cache = CacheSink::connect(&cfg.valkey).await?;
         let n = generations::drop_generation(&graph, &cache, &live).await?;
         println!("dropped generation {live} ({n} nodes)");
     }

@@ -14,24 +14,31 @@ pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
     };
     let d = replay::hash::graph_digest(&sink, &gen).await?;
     if !a.against_rebuild {
+        let cache = CacheSink::connect(&cfg.valkey).await?;
+        let live = engine::generations::live(&sink).await?;
+        let (cache_keys, cache_hash) = cache
+            .contexts_digest(&cache.gen_prefix(&gen, gen == live))
+            .await?;
         if a.json {
             println!(
                 "{}",
-                serde_json::json!({"generation": gen, "hash": d.hash, "nodes": d.nodes, "relationships": d.relationships})
+                serde_json::json!({"generation": gen, "hash": d.hash, "nodes": d.nodes, "relationships": d.relationships,
+                                   "cache_keys": cache_keys, "cache_hash": cache_hash})
             );
         } else {
             println!(
-                "generation {gen}: {} nodes, {} relationships, hash {}",
+                "generation {gen}: {} nodes, {} relationships, hash {}\ncache: {cache_keys} story contexts, hash {cache_hash}",
                 d.nodes, d.relationships, d.hash
             );
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let secs = std::time::SystemTime::now()
+    // Unique even for two verifications started in the same second.
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let tmp = format!("verify-{secs}");
+    let tmp = format!("verify-{}-{nanos}", std::process::id());
     let mut diffs = Vec::new();
     for p in &cfg.projectors {
         super::rebuild::build_generation(cfg, &p.name, &tmp, None, 2000).await?;

@@ -111,6 +111,49 @@ impl CacheSink {
         Ok(())
     }
 
+    /// Number of story contexts under a generation's prefix and a hash of them (sorted by
+    /// story id), for `projector verify`.
+    pub async fn contexts_digest(&self, key_prefix: &str) -> Result<(u64, String), WriteError> {
+        use sha2::{Digest, Sha256};
+        let mut c = self.conn.clone();
+        let pattern = format!("{key_prefix}context:*");
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(self.err())?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        let mut h = Sha256::new();
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(chunk)
+                .query_async(&mut c)
+                .await
+                .map_err(self.err())?;
+            for (k, v) in chunk.iter().zip(values) {
+                h.update(k.strip_prefix(key_prefix).unwrap_or(k).as_bytes());
+                h.update(b"\x00");
+                h.update(v.unwrap_or_default());
+                h.update(b"\n");
+            }
+        }
+        Ok((keys.len() as u64, format!("{:x}", h.finalize())))
+    }
+
     /// Deletes every key under a prefix (a dropped generation's cache), with SCAN in batches.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, WriteError> {
         let mut c = self.conn.clone();
