@@ -74,6 +74,9 @@ pub enum Command {
     /// Inspect, retry or discard parked (dead-lettered) events.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Ask the graph: a story's current view (more views to come, see docs/views.md).
+    #[command(subcommand)]
+    Query(QueryCommand),
     /// Print a canonical hash of a generation's graph (nodes, relationships, properties).
     Verify(VerifyArgs),
     /// Benchmark and sample-data tools.
@@ -308,5 +311,22 @@ pub enum GenerationsCommand {
     Drop {
         /// Generation name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// A story's phase, current plan and its approval, open tasks, latest decisions and
+    /// milestones. Read from the Valkey context when it is current, else from Neo4j (and the
+    /// cache is refreshed).
+    Story {
+        /// Story id, e.g. US-0001.
+        id: String,
+        /// Generation to read (default: the live one).
+        #[arg(long)]
+        generation: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

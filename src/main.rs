@@ -8,6 +8,12 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Like other Unix tools: `projector ... | head` ends quietly instead of panicking on EPIPE.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Cli::parse();
     logging::init(args.log_format, &args.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

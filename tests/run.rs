@@ -523,3 +523,59 @@ async fn a_hole_after_the_checkpoint_halts_by_default_and_is_shown_as_lost_range
     assert_eq!(v["lost_ranges"][0]["to"], 9);
     assert_eq!(v["lost_ranges"][0]["halted"], false);
 }
+
+/// `query story`: the cache path and the Neo4j path give the same answer; a stale cache is
+/// never used; an unknown story is a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_story_cache_and_graph_paths_agree() {
+    let (t, js) = setup().await;
+    let h = engine::history::generate(5, 17);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &h, 17)
+        .await
+        .unwrap();
+    let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut kv = valkey(&t.cfg).await;
+    let key = format!("{}:context:US-0002", t.tag);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+
+    let q = || {
+        let o = t.projector(&["query", "story", "US-0002", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let source = v["source"].take();
+        (v, source)
+    };
+    let (from_graph, s1) = q();
+    let (from_cache, s2) = q();
+    assert_eq!((s1.as_str(), s2.as_str()), (Some("neo4j"), Some("cache")));
+    assert_eq!(from_graph, from_cache);
+    assert_eq!(from_graph["story_id"], "US-0002");
+    assert_eq!(from_graph["title"], "Story 2");
+
+    // A cache entry older than the graph is not used.
+    let mut stale = from_cache.clone();
+    stale["title"] = "stale".into();
+    stale["last_v"] = "0".into();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(stale.to_string())
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    let (again, s3) = q();
+    assert_eq!(s3.as_str(), Some("neo4j"));
+    assert_eq!(again["title"], "Story 2");
+
+    let o = t.projector(&["query", "story", "US-NOPE"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no story US-NOPE in generation live"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod dlq;
+mod query;
 mod rebuild;
 mod replay;
 mod run;
@@ -53,6 +54,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify(a) => verify::run(&cfg, a).await,
         Command::Dlq(c) => dlq::run(&cfg, c).await,
         Command::Replay(a) => replay::run(&cfg, a).await,
+        Command::Query(q) => query::run(&cfg, q).await,
         Command::Rebuild(a) => rebuild::run(&cfg, a).await,
         Command::Generations(c) => rebuild::generations(&cfg, c).await,
     }

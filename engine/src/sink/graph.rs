@@ -697,6 +697,23 @@ impl GraphSink {
         Ok(out)
     }
 
+    /// The story's newest version key (`last_v`), or `None` if the story does not exist.
+    pub async fn story_version(&self, gen: &str, id: &str) -> Result<Option<String>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query("MATCH (s:Story {gen: $gen, id: $id}) RETURN coalesce(s.last_v, '') AS v")
+                    .param("gen", gen)
+                    .param("id", id),
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(match rows.next().await.map_err(self.err())? {
+            Some(r) => Some(r.get("v").unwrap_or_default()),
+            None => None,
+        })
+    }
+
     /// Every story id of a generation, sorted.
     pub async fn story_ids(&self, gen: &str) -> Result<Vec<String>, WriteError> {
         let mut rows = self
