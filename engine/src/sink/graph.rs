@@ -708,10 +708,11 @@ impl GraphSink {
             )
             .await
             .map_err(self.err())?;
-        Ok(match rows.next().await.map_err(self.err())? {
-            Some(r) => Some(r.get("v").unwrap_or_default()),
-            None => None,
-        })
+        Ok(rows
+            .next()
+            .await
+            .map_err(self.err())?
+            .map(|r| r.get("v").unwrap_or_default()))
     }
 
     /// Every story id of a generation, sorted.
