@@ -71,8 +71,32 @@ async fn bad_ranges_are_refused_with_exit_2_naming_the_limit() {
         stderr(&o)
     );
 
-    // Messages removed by limits (here: a purge) are before the first retained sequence.
+    // Messages removed by limits (here: a purge) from the stream and from its archive are
+    // before the first retained sequence.
     js.get_stream(&planning)
+        .await
+        .unwrap()
+        .purge()
+        .sequence(4)
+        .await
+        .unwrap();
+    let archive = format!("{planning}_ARCHIVE");
+    eventually(10, || async {
+        let mut a = js.get_stream(&archive).await.map_err(|e| e.to_string())?;
+        let n = a
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence;
+        if n == last {
+            Ok(())
+        } else {
+            Err(format!("archive at {n}"))
+        }
+    })
+    .await;
+    js.get_stream(&archive)
         .await
         .unwrap()
         .purge()
@@ -83,7 +107,7 @@ async fn bad_ranges_are_refused_with_exit_2_naming_the_limit() {
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains(&format!(
-            "--from-seq 2 is before the first sequence {planning} still holds (4)"
+            "--from-seq 2 is before the first sequence {planning} still holds (4) and before the first its archive {archive} holds (4)"
         )),
         "{}",
         stderr(&o)

@@ -21,7 +21,8 @@ async fn ensure_creates_the_five_seed_streams_in_file_storage() {
     let t = TestConfig::new();
     let out = t.projector(&["streams", "ensure"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out).matches("created (file storage)").count(), 6);
+    // The five seed streams, the dead letters, and an archive for each of the four projected.
+    assert_eq!(stdout(&out).matches("created (file storage)").count(), 10);
 
     let js = jetstream::new(nats(&t.cfg).await);
     for (base, age_secs, msgs) in [
@@ -42,7 +43,7 @@ async fn ensure_creates_the_five_seed_streams_in_file_storage() {
     // Idempotent, and status shows every stream in file storage.
     let again = t.projector(&["streams", "ensure"]);
     assert!(again.status.success());
-    assert_eq!(stdout(&again).matches(": ok").count(), 6);
+    assert_eq!(stdout(&again).matches(": ok").count(), 10);
     let status = t.projector(&["streams", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let storages: Vec<&str> = v["streams"]
@@ -51,7 +52,7 @@ async fn ensure_creates_the_five_seed_streams_in_file_storage() {
         .iter()
         .map(|s| s["storage"].as_str().unwrap())
         .collect();
-    assert_eq!(storages, vec!["file"; 6]);
+    assert_eq!(storages, vec!["file"; 10]);
 }
 
 async fn memory_stream_with_messages(t: &TestConfig, n: usize) -> jetstream::Context {

@@ -141,6 +141,33 @@ pub struct StreamEntry {
     pub duplicate_window: Option<Duration>,
 }
 
+/// Archive mirrors of the projected streams (`NAME_ARCHIVE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub max_msgs: i64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            enabled: false,
+            max_age: Duration::ZERO,
+            max_bytes: -1,
+            max_msgs: -1,
+        }
+    }
+}
+
+/// The archive stream of `stream`.
+pub fn archive_name(stream: &str) -> String {
+    format!("{stream}_ARCHIVE")
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
@@ -173,6 +200,8 @@ pub struct Config {
     pub valkey: ValkeyConfig,
     pub stream_defaults: StreamDefaults,
     pub streams: Vec<StreamEntry>,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     pub dead_letters: DeadLetterConfig,
     pub projectors: Vec<ProjectorEntry>,
 }
@@ -267,6 +296,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Streams that some projector reads (the ones that get archives).
+    pub fn projected_streams(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.projectors {
+            for s in &p.streams {
+                if !out.contains(s) {
+                    out.push(s.clone());
+                }
+            }
+        }
+        out
     }
 
     /// The projector named `name`.

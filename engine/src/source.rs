@@ -105,6 +105,30 @@ pub async fn bounds(js: &jetstream::Context, stream: &str) -> Result<(u64, u64),
     Ok((info.state.first_sequence, info.state.last_sequence))
 }
 
+/// First and last sequence of a stream, or `None` if it does not exist.
+pub async fn bounds_if_exists(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<Option<(u64, u64)>, WriteError> {
+    match js.get_stream(stream).await {
+        Ok(mut s) => {
+            let info = s
+                .info()
+                .await
+                .map_err(|e| nats_err(stream, "stream info")(e.to_string()))?;
+            Ok(Some((info.state.first_sequence, info.state.last_sequence)))
+        }
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(err)
+                if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(nats_err(stream, "get stream")(e.to_string())),
+        },
+    }
+}
+
 /// Whether the message at `seq` is still in the stream.
 pub async fn exists(js: &jetstream::Context, stream: &str, seq: u64) -> Result<bool, WriteError> {
     let s = js

@@ -25,6 +25,10 @@ pub struct StreamSpec {
     pub max_msgs: i64,
     pub replicas: usize,
     pub duplicate_window: Duration,
+    /// -1 means unlimited.
+    pub max_bytes: i64,
+    /// For an archive: the stream it mirrors (then it has no subjects of its own).
+    pub mirror_of: Option<String>,
 }
 
 impl StreamSpec {
@@ -40,6 +44,11 @@ impl StreamSpec {
             max_messages: self.max_msgs,
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
+            max_bytes: self.max_bytes,
+            mirror: self.mirror_of.as_ref().map(|origin| stream::Source {
+                name: origin.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -58,6 +67,8 @@ pub fn specs(cfg: &Config) -> Vec<StreamSpec> {
             max_msgs: s.max_msgs,
             replicas: s.replicas.unwrap_or(d.replicas),
             duplicate_window: s.duplicate_window.unwrap_or(d.duplicate_window),
+            max_bytes: -1,
+            mirror_of: None,
         })
         .collect();
     out.push(StreamSpec {
@@ -67,7 +78,23 @@ pub fn specs(cfg: &Config) -> Vec<StreamSpec> {
         max_msgs: -1,
         replicas: d.replicas,
         duplicate_window: d.duplicate_window,
+        max_bytes: -1,
+        mirror_of: None,
     });
+    if cfg.archive.enabled {
+        for origin in cfg.projected_streams() {
+            out.push(StreamSpec {
+                name: crate::config::archive_name(&origin),
+                subjects: vec![],
+                max_age: cfg.archive.max_age,
+                max_msgs: cfg.archive.max_msgs,
+                replicas: d.replicas,
+                duplicate_window: d.duplicate_window,
+                max_bytes: cfg.archive.max_bytes,
+                mirror_of: Some(origin),
+            });
+        }
+    }
     out
 }
 
@@ -86,7 +113,7 @@ pub struct Drift {
 /// use engine::streams::{diff, StreamSpec};
 /// use std::time::Duration;
 /// let spec = StreamSpec { name: "S".into(), subjects: vec!["s.>".into()], max_age: Duration::from_secs(60),
-///     max_msgs: 10, replicas: 1, duplicate_window: Duration::from_secs(120) };
+///     max_msgs: 10, replicas: 1, duplicate_window: Duration::from_secs(120), max_bytes: -1, mirror_of: None };
 /// let mut found = spec.config();
 /// found.storage = async_nats::jetstream::stream::StorageType::Memory;
 /// let d = diff(&spec.config(), &found);
@@ -129,6 +156,11 @@ pub fn diff(wanted: &stream::Config, found: &stream::Config) -> Vec<Drift> {
         "max_msgs",
         wanted.max_messages.to_string(),
         found.max_messages.to_string(),
+    );
+    check(
+        "max_bytes",
+        wanted.max_bytes.to_string(),
+        found.max_bytes.to_string(),
     );
     check(
         "duplicate_window",
@@ -412,6 +444,9 @@ pub struct StreamStatus {
     pub last_seq: u64,
     pub consumers: Vec<ConsumerStatus>,
     pub drift: Vec<Drift>,
+    /// For an archive: the stream it mirrors and how many messages it is behind.
+    pub mirror_of: Option<String>,
+    pub mirror_lag: Option<u64>,
 }
 
 /// Status of every stream in `specs`.
@@ -432,6 +467,8 @@ pub async fn status(
                 last_seq: 0,
                 consumers: vec![],
                 drift: vec![],
+                mirror_of: spec.mirror_of.clone(),
+                mirror_lag: None,
             });
             continue;
         };
@@ -463,6 +500,8 @@ pub async fn status(
             last_seq: info.state.last_sequence,
             consumers,
             drift: diff(&spec.config(), &info.config),
+            mirror_of: spec.mirror_of.clone(),
+            mirror_lag: info.mirror.as_ref().map(|m| m.lag),
         });
     }
     Ok(out)
@@ -477,7 +516,10 @@ mod tests {
     fn specs_are_file_limits_discard_old_plus_dlq() {
         let cfg = Config::from_toml(DEFAULT_TOML, "t").unwrap();
         let specs = specs(&cfg);
-        assert_eq!(specs.len(), 6);
+        // Five streams, the dead letters, and an archive per projected stream.
+        assert_eq!(specs.len(), 6 + cfg.projected_streams().len());
+        assert_eq!(specs[6].name, "PLANNING_EVENTS_ARCHIVE");
+        assert_eq!(specs[6].mirror_of.as_deref(), Some("PLANNING_EVENTS"));
         for s in &specs {
             let c = s.config();
             assert_eq!(c.storage, StorageType::File);

@@ -58,9 +58,27 @@ pub async fn build(
             Some(AsOf::Seq(n)) => n.min(last),
             _ => last,
         };
-        if last == 0 || to < first.max(1) {
+        if last == 0 {
             continue;
         }
+        // A rebuild needs the whole history: from sequence 1, in the stream or its archive.
+        if first > 1 {
+            let archive = engine::config::archive_name(stream);
+            match engine::source::bounds_if_exists(t.js, &archive).await? {
+                Some((1, alast)) if alast > 0 => {}
+                Some((afirst, _)) => {
+                    return Err(ReplayError::BadInput(format!(
+                        "cannot rebuild {stream}: it holds sequences from {first} and its archive {archive} from {afirst}; the history before is gone, and a partial rebuild would be wrong (raise the archive's limits, or accept the loss with `projector replay` on top of the live generation)"
+                    )))
+                }
+                None => {
+                    return Err(ReplayError::BadInput(format!(
+                        "cannot rebuild {stream}: it holds sequences from {first} only and has no archive (enable [archive] in the config)"
+                    )))
+                }
+            }
+        }
+        let first = 1;
         let req = ReplayRequest {
             projector: projector.to_string(),
             streams: vec![stream.clone()],

@@ -139,10 +139,22 @@ pub async fn plan(
             )));
         }
         if req.from_seq < first {
-            return Err(bad(format!(
-                "--from-seq {} is before the first sequence {stream} still holds ({first}); messages before it were removed by the stream's limits (or consumed, on a work-queue stream)",
-                req.from_seq
-            )));
+            let archive = engine::config::archive_name(stream);
+            match engine::source::bounds_if_exists(t.js, &archive).await? {
+                Some((afirst, alast)) if alast > 0 && afirst <= req.from_seq => {}
+                Some((afirst, _)) => {
+                    return Err(bad(format!(
+                        "--from-seq {} is before the first sequence {stream} still holds ({first}) and before the first its archive {archive} holds ({afirst}); messages before them were removed by their limits",
+                        req.from_seq
+                    )))
+                }
+                None => {
+                    return Err(bad(format!(
+                        "--from-seq {} is before the first sequence {stream} still holds ({first}); messages before it were removed by the stream's limits (or consumed, on a work-queue stream), and there is no archive",
+                        req.from_seq
+                    )))
+                }
+            }
         }
         let to = match req.to_seq {
             Some(to) if to > last => {
@@ -174,7 +186,65 @@ pub async fn plan(
     Ok(out)
 }
 
+/// Where the messages of a range are read from: the archive for what the live stream no
+/// longer holds, then the live stream. Each part is (stream to read, last sequence).
+async fn segments(
+    t: &ReplayTarget<'_>,
+    range: &StreamRange,
+) -> Result<Vec<(String, u64)>, ReplayError> {
+    let (live_first, _) = engine::source::bounds(t.js, &range.stream).await?;
+    if range.start >= live_first {
+        return Ok(vec![(range.stream.clone(), range.to)]);
+    }
+    let archive = engine::config::archive_name(&range.stream);
+    let Some((_, alast)) = engine::source::bounds_if_exists(t.js, &archive).await? else {
+        return Err(bad(format!(
+            "{} no longer holds sequence {} (it starts at {live_first}) and has no archive",
+            range.stream, range.start
+        )));
+    };
+    let end = alast.min(range.to);
+    let mut out = vec![(archive.clone(), end)];
+    if end < range.to {
+        if live_first > end + 1 {
+            return Err(bad(format!(
+                "{archive} reaches sequence {end} but {} starts at {live_first}: sequences {}..{} are in neither (is the archive's mirror lagging? see `projector streams status`)",
+                range.stream,
+                end + 1,
+                live_first - 1
+            )));
+        }
+        out.push((range.stream.clone(), range.to));
+    }
+    Ok(out)
+}
+
+async fn open(
+    t: &ReplayTarget<'_>,
+    read_from: &str,
+    start: u64,
+) -> Result<jetstream::consumer::pull::Ordered, ReplayError> {
+    let stream =
+        t.js.get_stream(read_from)
+            .await
+            .map_err(|e| nats(read_from, e))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats(read_from, e))?;
+    consumer.messages().await.map_err(|e| nats(read_from, e))
+}
+
 /// Replays one stream range. `on_progress(done_seq)` is called after each committed batch.
+///
+/// Messages keep the identity of the stream they were published to (`range.stream`), also
+/// when read from its archive: a mirror keeps sequences and timestamps, so the versions and
+/// ids are those of a run that read the live stream.
 pub async fn replay_stream(
     t: &ReplayTarget<'_>,
     req: &ReplayRequest,
@@ -195,23 +265,12 @@ pub async fn replay_stream(
         }
         return Ok(report);
     }
-    let stream =
-        t.js.get_stream(&range.stream)
-            .await
-            .map_err(|e| nats(&range.stream, e))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: range.start,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats(&range.stream, e))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| nats(&range.stream, e))?;
+    let mut parts = segments(t, range).await?.into_iter();
+    let (mut read_from, mut part_end) = parts.next().expect("at least one segment");
+    if read_from != range.stream {
+        tracing::info!(stream = %range.stream, archive = %read_from, until = part_end, "reading from the archive: the stream no longer holds the start of the range");
+    }
+    let mut messages = open(t, &read_from, range.start).await?;
     let mut expected_progress = range.progress;
     let mut done = false;
     while !done {
@@ -226,11 +285,11 @@ pub async fn replay_stream(
             let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
             let msg = match next {
                 Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(nats(&range.stream, e)),
-                Ok(None) => return Err(nats(&range.stream, "ordered consumer ended")),
-                Err(_) => return Err(nats(&range.stream, "no message within 10s while replaying")),
+                Ok(Some(Err(e))) => return Err(nats(&read_from, e)),
+                Ok(None) => return Err(nats(&read_from, "ordered consumer ended")),
+                Err(_) => return Err(nats(&read_from, "no message within 10s while replaying")),
             };
-            let info = msg.info().map_err(|e| nats(&range.stream, e))?;
+            let info = msg.info().map_err(|e| nats(&read_from, e))?;
             let seq = info.stream_sequence;
             let ts = info.published.unix_timestamp_nanos() as i64;
             if seq > range.to || req.until_ts_ns.is_some_and(|until| ts > until) {
@@ -262,9 +321,20 @@ pub async fn replay_stream(
             }
             last = seq;
             n += 1;
-            if seq == range.to {
-                done = true;
-                break;
+            if seq >= part_end {
+                match parts.next() {
+                    Some((next_from, next_end)) => {
+                        // The archive's part is done: the rest comes from the live stream.
+                        read_from = next_from;
+                        part_end = next_end;
+                        messages = open(t, &read_from, seq + 1).await?;
+                        break;
+                    }
+                    None => {
+                        done = true;
+                        break;
+                    }
+                }
             }
         }
         if last > report.last {

@@ -88,6 +88,15 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                     s.last_seq,
                     if s.drift.is_empty() { "" } else { "  DRIFT" }
                 );
+                if let Some(origin) = &s.mirror_of {
+                    println!(
+                        "  archive of {origin}: mirror lag {}, reaches back to sequence {}",
+                        s.mirror_lag
+                            .map(|l| l.to_string())
+                            .unwrap_or_else(|| "?".into()),
+                        s.first_seq
+                    );
+                }
                 for c in &s.consumers {
                     println!(
                         "  consumer {:<30} pending {:>8}  ack pending {:>6}  ack floor {:>10}  redelivered {:>6}",

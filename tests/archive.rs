@@ -1,0 +1,130 @@
+//! Archive mirrors: full replays outlive the streams' limits; a history that is gone from
+//! both is refused instead of rebuilt partially.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+use std::time::Duration;
+
+/// PLANNING_EVENTS keeps only its last 1,000 messages; `archive_msgs` caps its archive.
+async fn small_stream(archive_msgs: i64) -> (TestConfig, jetstream::Context) {
+    let t = TestConfig::with(|text| {
+        text.replacen("max_msgs = 1000000", "max_msgs = 1000", 1)
+            .replace("[archive]\nenabled = true\nmax_age = \"0s\"\nmax_bytes = -1\nmax_msgs = -1", &format!("[archive]\nenabled = true\nmax_age = \"0s\"\nmax_bytes = -1\nmax_msgs = {archive_msgs}"))
+    });
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+    (t, js)
+}
+
+/// 5,000 planning events, published in steps the live projector keeps up with.
+async fn publish_5000(t: &TestConfig, js: &jetstream::Context) -> Vec<engine::history::Sample> {
+    let planning: Vec<_> = engine::history::generate(600, 31)
+        .into_iter()
+        .filter(|s| s.subject.starts_with("planning."))
+        .take(5000)
+        .collect();
+    assert_eq!(planning.len(), 5000);
+    let stream = t.stream("PLANNING_EVENTS");
+    let name = "projector-graph-p0";
+    for (i, chunk) in planning.chunks(250).enumerate() {
+        engine::history::publish(js, &t.cfg.subject_prefix, chunk, 1000 + i as u64)
+            .await
+            .unwrap();
+        eventually(60, || async {
+            let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+            let mut c: jetstream::consumer::PullConsumer =
+                s.get_consumer(name).await.map_err(|e| e.to_string())?;
+            let i = c.info().await.map_err(|e| e.to_string())?;
+            if i.num_pending == 0 && i.num_ack_pending == 0 {
+                Ok(())
+            } else {
+                Err(format!("pending {}", i.num_pending))
+            }
+        })
+        .await;
+    }
+    planning
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebuild_reads_the_archive_when_the_stream_dropped_the_start() {
+    let (t, js) = small_stream(-1).await;
+    let run = t.spawn_run_follow_live(&[]);
+    publish_5000(&t, &js).await;
+    assert_eq!(run.terminate(), Some(0));
+    let mut s = js.get_stream(t.stream("PLANNING_EVENTS")).await.unwrap();
+    let st = s.info().await.unwrap().state.clone();
+    assert_eq!(
+        (st.first_sequence, st.last_sequence, st.messages),
+        (4001, 5000, 1000)
+    );
+    let live = t.digest(&t.main_gen());
+
+    // The archive holds all 5,000, with the same sequences.
+    let status = t.projector(&["streams", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let archive = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == format!("{}_ARCHIVE", t.stream("PLANNING_EVENTS")))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (archive["first_seq"].as_u64(), archive["last_seq"].as_u64()),
+        (Some(1), Some(5000))
+    );
+    assert_eq!(archive["mirror_lag"], 0);
+
+    let r = format!("{}-r", t.tag);
+    let o = t.projector(&["rebuild", "--name", &r, "--keep-old"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        t.digest(&r),
+        live,
+        "rebuild from the archive differs from the live run"
+    );
+
+    // An early temporal generation, entirely from the archive.
+    let early = format!("{}-early", t.tag);
+    let o = t.projector(&["rebuild", "--as-of", "seq:300", "--name", &early]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g = neo4j(&t.cfg);
+    let mut rows = g
+        .execute(
+            neo4rs::query("MATCH (e:StoryEvent {gen: $gen}) RETURN max(e.seq) AS m, count(e) AS n")
+                .param("gen", early.clone()),
+        )
+        .await
+        .unwrap();
+    let row = rows.next().await.unwrap().unwrap();
+    assert_eq!(row.get::<i64>("m").unwrap(), 300);
+    assert_eq!(row.get::<i64>("n").unwrap(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capped_archive_makes_the_rebuild_refuse_instead_of_building_a_partial_graph() {
+    let (t, js) = small_stream(2000).await;
+    let run = t.spawn_run_follow_live(&[]);
+    publish_5000(&t, &js).await;
+    assert_eq!(run.terminate(), Some(0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = format!("{}-r", t.tag);
+    let o = t.projector(&["rebuild", "--name", &r]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let planning = t.stream("PLANNING_EVENTS");
+    assert!(
+        stderr(&o).contains(&format!("cannot rebuild {planning}: it holds sequences from 4001 and its archive {planning}_ARCHIVE from 3001")),
+        "{}",
+        stderr(&o)
+    );
+    let g = neo4j(&t.cfg);
+    assert_eq!(
+        count_nodes(&g, &r, "Story", "gen", &r).await,
+        0,
+        "nothing was built"
+    );
+}
