@@ -314,19 +314,86 @@ pub enum GenerationsCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum StoryFormat {
+    /// Human-readable sections.
+    Table,
+    /// The view as JSON (same as --json).
+    Json,
+    /// The story's neighbourhood as a Mermaid flowchart.
+    Mermaid,
+    /// The story's neighbourhood as Graphviz DOT.
+    Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct ViewTarget {
+    /// Generation to read (default: the live one).
+    #[arg(long, global = true)]
+    pub generation: Option<String>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum QueryCommand {
-    /// A story's phase, current plan and its approval, open tasks, latest decisions and
-    /// milestones. Read from the Valkey context when it is current, else from Neo4j (and the
-    /// cache is refreshed).
+    /// A story: phase and phase history, plans and approvals, tasks, decisions with rationale
+    /// and who decided, milestones. Served from the Valkey context when it carries the
+    /// story's newest version, else from Neo4j (and the cache is refreshed).
     Story {
         /// Story id, e.g. US-0001.
         id: String,
-        /// Generation to read (default: the live one).
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StoryFormat::Table)]
+        format: StoryFormat,
+        #[command(flatten)]
+        target: ViewTarget,
+    },
+    /// Every projected change of a story, in stream order, with event time and sequence.
+    Timeline {
+        /// Story id.
+        id: String,
+        #[command(flatten)]
+        target: ViewTarget,
+    },
+    /// Decisions, newest first.
+    Decisions {
+        /// Only this story's.
         #[arg(long)]
-        generation: Option<String>,
-        /// Print JSON.
+        story: Option<String>,
+        /// Only those at or after this RFC 3339 time.
         #[arg(long)]
-        json: bool,
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        target: ViewTarget,
+    },
+    /// Tasks by story.
+    Tasks {
+        /// Only tasks with this status (CREATED, ASSIGNED, DISPATCHED, RUNNING, COMPLETED, FAILED).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only tasks with this role (DEV, QA, ARCHITECT, ...).
+        #[arg(long)]
+        role: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        target: ViewTarget,
+    },
+    /// Plan approvals, newest first.
+    Approvals {
+        /// Only this story's.
+        #[arg(long)]
+        story: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        target: ViewTarget,
     },
 }

@@ -3,6 +3,7 @@
 //!
 //! Decisions live in the pure `projections` crate; this crate executes them.
 
+pub mod api;
 pub mod config;
 pub mod dlq;
 pub mod error;
@@ -17,4 +18,5 @@ pub mod server;
 pub mod sink;
 pub mod source;
 pub mod streams;
+pub mod views;
 pub mod worker;

@@ -117,18 +117,24 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let shared = connect(cfg, health.clone(), metrics.clone()).await?;
     if let Some(addr) = opts.metrics_addr {
         let mut app = crate::server::router(metrics.clone(), health.clone());
         if let Some(extra) = router {
             app = app.merge(extra);
         }
+        // The read API over the same connections.
+        app = app.merge(crate::api::router(
+            shared.graph.clone(),
+            Some(shared.cache.clone()),
+        ));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RunError::Serve {
                 addr,
                 message: e.to_string(),
             })?;
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the read API (/v1/..., /openapi.json)");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(server_stop)
@@ -138,7 +144,6 @@ pub async fn run(
             }
         });
     }
-    let shared = connect(cfg, health.clone(), metrics.clone()).await?;
     // Schema first: constraints back every MERGE.
     let mut attempt = 0;
     loop {

@@ -1,19 +1,35 @@
-//! The cached story context (`context:{story_id}` in Valkey): its shape and rendering.
+//! The cached story view (`context:{story_id}` in Valkey): its shape and rendering.
 //!
 //! The engine reads the committed graph, fills a [`StoryContext`] and stores [`render`]'s
-//! bytes. JSON, not MessagePack: the seeds' Python services and an operator with
-//! `valkey-cli GET` can read it as is, and at a few hundred bytes per story size is moot.
+//! bytes; `projector query story` and `GET /v1/stories/{id}` serve the same shape. JSON, not
+//! MessagePack: the seeds' Python services and an operator with `valkey-cli GET` can read it
+//! as is, and at a few kilobytes per story size is moot.
 
 use serde::{Deserialize, Serialize};
 
-/// A plan with its latest approval, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseView {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub by: Option<String>,
+    pub at_ms: Option<i64>,
+    pub seq: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub approved_by: Option<String>,
+    pub approved_at_ms: Option<i64>,
+}
+
+/// A plan with its approvals (oldest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanView {
     pub plan_id: String,
     pub version: Option<i64>,
-    pub approved: bool,
-    pub approved_by: Option<String>,
-    pub approved_at_ms: Option<i64>,
+    pub summary: Option<String>,
+    pub created_at_ms: Option<i64>,
+    pub approvals: Vec<ApprovalView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,11 +38,13 @@ pub struct TaskView {
     pub title: Option<String>,
     pub role: Option<String>,
     pub status: Option<String>,
+    pub agent_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionView {
     pub decision_id: String,
+    pub task_id: Option<String>,
     pub title: Option<String>,
     pub rationale: Option<String>,
     pub decided_by: Option<String>,
@@ -39,7 +57,7 @@ pub struct MilestoneView {
     pub reached_at_ms: Option<i64>,
 }
 
-/// What the Context service needs about a story, in one read.
+/// Everything about a story, in one read: what was decided and when.
 ///
 /// `last_v` is the newest version key among the story's writes: a reader compares it with the
 /// graph's to rule out a stale entry.
@@ -47,16 +65,33 @@ pub struct MilestoneView {
 pub struct StoryContext {
     pub story_id: String,
     pub title: Option<String>,
+    pub description: Option<String>,
     pub phase: Option<String>,
-    pub current_plan: Option<PlanView>,
-    pub open_tasks: Vec<TaskView>,
-    pub latest_decisions: Vec<DecisionView>,
+    pub created_by: Option<String>,
+    pub phase_history: Vec<PhaseView>,
+    pub plans: Vec<PlanView>,
+    pub tasks: Vec<TaskView>,
+    pub decisions: Vec<DecisionView>,
     pub milestones: Vec<MilestoneView>,
     pub last_v: String,
 }
 
-/// How many decisions the cached context keeps (newest first).
-pub const LATEST_DECISIONS: usize = 10;
+impl StoryContext {
+    /// The plan most recently approved, else the most recently created one.
+    pub fn current_plan(&self) -> Option<&PlanView> {
+        let approved = |p: &PlanView| p.approvals.iter().filter_map(|a| a.approved_at_ms).max();
+        self.plans
+            .iter()
+            .max_by_key(|p| (approved(p), p.created_at_ms, p.plan_id.clone()))
+    }
+
+    /// Tasks not completed.
+    pub fn open_tasks(&self) -> impl Iterator<Item = &TaskView> {
+        self.tasks
+            .iter()
+            .filter(|t| t.status.as_deref() != Some("COMPLETED"))
+    }
+}
 
 /// The Valkey key of a story's context (the seed's key).
 pub fn context_key(prefix: &str, story_id: &str) -> String {
@@ -66,11 +101,12 @@ pub fn context_key(prefix: &str, story_id: &str) -> String {
 /// Canonical bytes of a context: lists sorted, so equal contexts give equal bytes.
 pub fn render(ctx: &StoryContext) -> Vec<u8> {
     let mut c = ctx.clone();
-    c.open_tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    c.phase_history.sort_by_key(|a| (a.at_ms, a.seq));
+    c.plans.sort_by(|a, b| a.plan_id.cmp(&b.plan_id));
+    c.tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    c.decisions
+        .sort_by(|a, b| (a.decided_at_ms, &a.decision_id).cmp(&(b.decided_at_ms, &b.decision_id)));
     c.milestones
         .sort_by(|a, b| (a.reached_at_ms, &a.name).cmp(&(b.reached_at_ms, &b.name)));
-    c.latest_decisions
-        .sort_by(|a, b| (b.decided_at_ms, &b.decision_id).cmp(&(a.decided_at_ms, &a.decision_id)));
-    c.latest_decisions.truncate(LATEST_DECISIONS);
     serde_json::to_vec(&c).expect("StoryContext always serializes")
 }

@@ -759,35 +759,21 @@ impl GraphSink {
     }
 }
 
-/// The story context as stored in Valkey, read in one query per batch of stories.
-/// Current plan: the most recently approved one, else the most recently created one.
+/// The story view as stored in Valkey, read in one query per batch of stories.
 const STORY_CONTEXT: &str = "UNWIND $ids AS sid \
     MATCH (s:Story {gen: $gen, id: sid}) \
-    CALL (s) { \
-      OPTIONAL MATCH (s)-[:HAS_PLAN]->(p:Plan) \
-      OPTIONAL MATCH (a:PlanApproval)-[:APPROVES]->(p) \
-      WITH p, a ORDER BY a.approved_at_ms DESC, a.id DESC \
-      WITH p, collect(a)[0] AS a \
-      ORDER BY coalesce(a.approved_at_ms, -1) DESC, coalesce(p.created_at_ms, -1) DESC, p.id DESC \
-      LIMIT 1 \
-      RETURN CASE WHEN p IS NULL THEN null ELSE {plan_id: p.id, version: p.version, approved: a IS NOT NULL, \
-             approved_by: a.approved_by, approved_at_ms: a.approved_at_ms} END AS plan \
-    } \
-    CALL (s) { \
-      OPTIONAL MATCH (s)-[:HAS_TASK]->(t:Task) WHERE t.status IS NULL OR t.status <> 'COMPLETED' \
-      WITH t ORDER BY t.id \
-      RETURN [x IN collect(t) | {task_id: x.id, title: x.title, role: x.role, status: x.status}] AS tasks \
-    } \
-    CALL (s) { \
-      OPTIONAL MATCH (s)-[:HAS_DECISION]->(d:Decision) \
-      WITH d ORDER BY d.decided_at_ms DESC, d.id DESC \
-      RETURN [x IN collect(d)[0..10] | {decision_id: x.id, title: x.title, rationale: x.rationale, \
-              decided_by: x.decided_by, decided_at_ms: x.decided_at_ms}] AS decisions \
-    } \
-    CALL (s) { \
-      OPTIONAL MATCH (s)-[:REACHED]->(m:Milestone) \
-      WITH m ORDER BY m.reached_at_ms, m.name \
-      RETURN [x IN collect(m) | {name: x.name, reached_at_ms: x.reached_at_ms}] AS milestones \
-    } \
-    RETURN {story_id: s.id, title: s.title, phase: s.phase, current_plan: plan, open_tasks: tasks, \
-            latest_decisions: decisions, milestones: milestones, last_v: coalesce(s.last_v, '')} AS ctx";
+    CALL (s) { OPTIONAL MATCH (s)-[:HAD_PHASE]->(c:PhaseChange) WITH c ORDER BY c.at_ms, c.last_seq \
+      RETURN [x IN collect(c) | {from: x.from_phase, to: x.to_phase, by: x.changed_by, at_ms: x.at_ms, seq: x.last_seq}] AS phases } \
+    CALL (s) { OPTIONAL MATCH (s)-[:HAS_PLAN]->(p:Plan) WITH p ORDER BY p.id \
+      CALL (p) { OPTIONAL MATCH (a:PlanApproval)-[:APPROVES]->(p) WITH a ORDER BY a.approved_at_ms, a.id \
+        RETURN [x IN collect(a) | {approved_by: x.approved_by, approved_at_ms: x.approved_at_ms}] AS approvals } \
+      RETURN [x IN collect({plan_id: p.id, version: p.version, summary: p.summary, created_at_ms: p.created_at_ms, approvals: approvals}) WHERE x.plan_id IS NOT NULL] AS plans } \
+    CALL (s) { OPTIONAL MATCH (s)-[:HAS_TASK]->(t:Task) WITH t ORDER BY t.id \
+      RETURN [x IN collect(t) | {task_id: x.id, title: x.title, role: x.role, status: x.status, agent_id: x.agent_id}] AS tasks } \
+    CALL (s) { OPTIONAL MATCH (s)-[:HAS_DECISION]->(d:Decision) WITH d ORDER BY d.decided_at_ms, d.id \
+      RETURN [x IN collect(d) | {decision_id: x.id, task_id: x.task_id, title: x.title, rationale: x.rationale, decided_by: x.decided_by, decided_at_ms: x.decided_at_ms}] AS decisions } \
+    CALL (s) { OPTIONAL MATCH (s)-[:REACHED]->(m:Milestone) WITH m ORDER BY m.reached_at_ms, m.name \
+      RETURN [x IN collect(m) | {name: x.name, reached_at_ms: x.reached_at_ms}] AS milestones } \
+    RETURN {story_id: s.id, title: s.title, description: s.description, phase: s.phase, created_by: s.created_by, \
+      phase_history: phases, plans: plans, tasks: tasks, decisions: decisions, milestones: milestones, \
+      last_v: coalesce(s.last_v, '')} AS ctx";

@@ -1,0 +1,195 @@
+//! Read views over a generation's graph: the Cypher behind `projector query` and the HTTP
+//! API (`docs/views.md` has the same statements, ready for Neo4j Browser).
+
+use crate::error::WriteError;
+use crate::sink::graph::GraphSink;
+use neo4rs::query;
+use serde_json::Value;
+
+/// Every projected change of a story, in stream order (stream time, then stream, then sequence).
+pub const TIMELINE: &str = "MATCH (s:Story {gen: $gen, id: $id})-[:HAS_EVENT]->(e:StoryEvent) \
+    WITH e ORDER BY e.last_v \
+    RETURN collect({seq: e.seq, stream: e.stream, subject: e.subject, event_time_ms: e.event_time_ms, summary: e.summary}) AS view";
+
+/// Decisions, optionally of one story and since a time (epoch ms), newest first.
+pub const DECISIONS: &str = "MATCH (d:Decision {gen: $gen}) \
+    WHERE ($story IS NULL OR d.story_id = $story) AND ($since IS NULL OR d.decided_at_ms >= $since) \
+    WITH d ORDER BY d.decided_at_ms DESC, d.id LIMIT $limit \
+    RETURN collect({decision_id: d.id, story_id: d.story_id, task_id: d.task_id, title: d.title, rationale: d.rationale, decided_by: d.decided_by, decided_at_ms: d.decided_at_ms}) AS view";
+
+/// Tasks, optionally by status and role.
+pub const TASKS: &str = "MATCH (t:Task {gen: $gen}) \
+    WHERE ($status IS NULL OR t.status = $status) AND ($role IS NULL OR t.role = $role) \
+    WITH t ORDER BY t.story_id, t.id LIMIT $limit \
+    RETURN collect({task_id: t.id, story_id: t.story_id, title: t.title, role: t.role, status: t.status, agent_id: t.agent_id}) AS view";
+
+/// Plan approvals, optionally of one story, newest first.
+pub const APPROVALS: &str = "MATCH (a:PlanApproval {gen: $gen}) \
+    WHERE $story IS NULL OR a.story_id = $story \
+    WITH a ORDER BY a.approved_at_ms DESC, a.id LIMIT $limit \
+    RETURN collect({approval_id: a.id, story_id: a.story_id, plan_id: a.plan_id, approved_by: a.approved_by, approved_at_ms: a.approved_at_ms}) AS view";
+
+/// A story's neighbourhood as edges (for Mermaid and DOT).
+pub const NEIGHBOURHOOD: &str = "MATCH (s:Story {gen: $gen, id: $id}) \
+    OPTIONAL MATCH (s)-[r]->(n) WHERE NOT n:StoryEvent AND NOT n:PhaseChange \
+    OPTIONAL MATCH (n)-[r2]->(m) WHERE m.gen = $gen AND NOT m:Story AND NOT m:StoryEvent \
+    RETURN collect(DISTINCT [s.id, 'Story', type(r), n.id, labels(n)[0]]) + collect(DISTINCT [n.id, labels(n)[0], type(r2), m.id, labels(m)[0]]) AS view";
+
+/// Which story view source answered.
+pub enum Source {
+    Cache,
+    Neo4j,
+}
+
+/// Reads a story's view: Valkey first if it carries the graph's newest version for the
+/// story, else Neo4j (repopulating the cache). `Ok(None)`: no such story.
+pub async fn story_view(
+    graph: &GraphSink,
+    cache: Option<&crate::sink::cache::CacheSink>,
+    gen: &str,
+    live: bool,
+    id: &str,
+) -> Result<Option<(projections::context::StoryContext, Source)>, WriteError> {
+    // Staleness is ruled out by version: the cached entry is used only if its `last_v` is the
+    // story's `last_v` in the graph (one indexed lookup).
+    let Some(version) = graph.story_version(gen, id).await? else {
+        return Ok(None);
+    };
+    let prefix = cache.map(|c| c.gen_prefix(gen, live)).unwrap_or_default();
+    if let Some(c) = cache {
+        if let Ok(Some(bytes)) = c.get_context(&prefix, id).await {
+            if let Ok(cached) = serde_json::from_slice::<projections::context::StoryContext>(&bytes)
+            {
+                if cached.last_v == version {
+                    return Ok(Some((cached, Source::Cache)));
+                }
+            }
+        }
+    }
+    let mut found = graph.story_contexts(gen, &[id.to_string()]).await?;
+    let Some(ctx) = found.pop() else {
+        return Ok(None);
+    };
+    if let Some(c) = cache {
+        // A failed refresh only costs the next reader a graph read.
+        if let Err(e) = c.put_contexts(&prefix, std::slice::from_ref(&ctx)).await {
+            tracing::warn!(error = %e, "could not refresh the cached story view");
+        }
+    }
+    Ok(Some((ctx, Source::Neo4j)))
+}
+
+/// Parameters of a view query, by name.
+pub type Params = Vec<(&'static str, Value)>;
+
+/// Runs a view statement and returns its single `view` column as JSON (`None`: no row).
+pub async fn run(
+    graph: &GraphSink,
+    statement: &str,
+    gen: &str,
+    params: Params,
+) -> Result<Option<Value>, WriteError> {
+    let err = |e| WriteError::from_neo4j(graph.uri(), e);
+    let mut q = query(statement).param("gen", gen);
+    for (k, v) in params {
+        q = match v {
+            Value::Null => q.param(k, neo4rs::BoltType::Null(neo4rs::BoltNull)),
+            Value::String(s) => q.param(k, s),
+            Value::Number(n) => q.param(k, n.as_i64().unwrap_or(0)),
+            other => q.param(k, other.to_string()),
+        };
+    }
+    let mut rows = graph.graph().execute(q).await.map_err(err)?;
+    match rows.next().await.map_err(err)? {
+        Some(row) => Ok(Some(row.get::<Value>("view").map_err(|e| {
+            WriteError::Neo4jRefused {
+                code: "projector.ViewShape".into(),
+                message: e.to_string(),
+            }
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn node_id(label: &str, id: &str) -> String {
+    let clean: String = format!("{label}_{id}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    clean
+}
+
+fn escape(s: &str) -> String {
+    s.replace('"', "'")
+}
+
+/// Renders neighbourhood edges as a Mermaid flowchart.
+pub fn mermaid(edges: &Value) -> String {
+    let mut out = String::from("graph LR\n");
+    for e in edges.as_array().into_iter().flatten() {
+        let e: Vec<&str> = e
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| x.as_str().unwrap_or(""))
+            .collect();
+        if e.len() == 5 && !e[2].is_empty() && !e[3].is_empty() {
+            out.push_str(&format!(
+                "  {}[\"{}: {}\"] -- {} --> {}[\"{}: {}\"]\n",
+                node_id(e[1], e[0]),
+                e[1],
+                escape(e[0]),
+                e[2],
+                node_id(e[4], e[3]),
+                e[4],
+                escape(e[3])
+            ));
+        }
+    }
+    out
+}
+
+/// Renders neighbourhood edges as Graphviz DOT.
+pub fn dot(edges: &Value) -> String {
+    let mut out = String::from("digraph story {\n  rankdir=LR;\n");
+    for e in edges.as_array().into_iter().flatten() {
+        let e: Vec<&str> = e
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| x.as_str().unwrap_or(""))
+            .collect();
+        if e.len() == 5 && !e[2].is_empty() && !e[3].is_empty() {
+            out.push_str(&format!(
+                "  \"{}: {}\" -> \"{}: {}\" [label=\"{}\"];\n",
+                e[1],
+                escape(e[0]),
+                e[4],
+                escape(e[3]),
+                e[2]
+            ));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagrams_escape_and_skip_empty_edges() {
+        let edges = serde_json::json!([
+            ["US-1", "Story", "HAS_TASK", "T-\"1", "Task"],
+            ["US-1", "Story", null, null, null]
+        ]);
+        let m = mermaid(&edges);
+        assert!(
+            m.contains("Story_US_1[\"Story: US-1\"] -- HAS_TASK --> Task_T__1[\"Task: T-'1\"]"),
+            "{m}"
+        );
+        assert_eq!(m.lines().count(), 2);
+        assert!(dot(&edges).contains("\"Story: US-1\" -> \"Task: T-'1\" [label=\"HAS_TASK\"]"));
+    }
+}

@@ -1,0 +1,174 @@
+//! The views through the CLI (`--json`) and over HTTP, after projecting a generated history.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+use serde_json::Value;
+
+fn get(port: u16, path: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn cli(t: &TestConfig, args: &[&str]) -> Value {
+    let o = t.projector(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_over_cli_and_http_say_what_the_events_say() {
+    let t = TestConfig::new();
+    assert!(t.projector(&["streams", "ensure"]).status.success());
+    let js = jetstream::new(nats(&t.cfg).await);
+    // A hand-written story with a phase history, a parked event, a decision and a milestone,
+    // next to a generated history.
+    t.publish(
+        &js,
+        &[
+            ("planning.story.created", r#"{"story_id":"US-H","title":"Hand","timestamp":"2026-02-01T10:00:00Z"}"#),
+            ("planning.story.transitioned", r#"{"story_id":"US-H","from_phase":"DRAFT","to_phase":"BUILD","transitioned_by":"po","timestamp":"2026-02-01T10:01:00Z"}"#),
+            ("planning.plan.created", r#"{"story_id":"US-H","plan_id":"plan-h","version":1,"timestamp":"2026-02-01T10:02:00Z"}"#),
+            ("planning.plan.approved", r#"{"story_id":"US-H","plan_id":"plan-h","approved_by":"po","timestamp":"2026-02-01T10:03:00Z"}"#),
+            ("planning.task.created", r#"{"story_id":"US-H","task_id":"T-H","title":"build it","assigned_role":"DEV","timestamp":"2026-02-01T10:04:00Z"}"#),
+            ("orchestration.deliberation.completed", r#"{"story_id":"US-H","task_id":"T-H","decisions":[{"id":"D-H","title":"Use Rust","rationale":"speed","decided_by":"architect"}],"timestamp":"2026-02-01T10:05:00Z"}"#),
+            ("context.milestone.reached", r#"{"story_id":"US-H","milestone":"MVP","timestamp":"2026-02-01T10:06:00Z"}"#),
+            ("planning.story.created", r#"{"story_id":"US-P","title":"parked"}"#),
+            ("planning.plan.approved", r#"{"story_id":"US-P","plan_id":7}"#),
+        ],
+    )
+    .await;
+    let h = engine::history::generate(10, 23);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &h, 23)
+        .await
+        .unwrap();
+    let run = t.spawn_run_follow_live(&[]);
+    let stream = t.stream("PLANNING_EVENTS");
+    eventually(60, || async {
+        let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+        let mut c: jetstream::consumer::PullConsumer = s
+            .get_consumer("projector-graph-p0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = c.info().await.map_err(|e| e.to_string())?;
+        if i.num_pending == 0 && i.num_ack_pending == 0 {
+            Ok(())
+        } else {
+            Err(format!("pending {}", i.num_pending))
+        }
+    })
+    .await;
+    let port = run.metrics_port;
+    eventually(30, || async {
+        let (code, v) = get(port, "/v1/stories/US-H");
+        if code == 200 && v["milestones"].as_array().map(|m| m.len()) == Some(1) {
+            Ok(())
+        } else {
+            Err((code, v))
+        }
+    })
+    .await;
+
+    // The story, exactly.
+    let mut story = cli(&t, &["query", "story", "US-H", "--json"]);
+    story.as_object_mut().unwrap().remove("source");
+    assert_eq!(story["phase"], "BUILD");
+    assert_eq!(story["phase_history"][0]["from"], "DRAFT");
+    assert_eq!(story["phase_history"][0]["to"], "BUILD");
+    assert_eq!(story["phase_history"][0]["at_ms"], 1_769_940_060_000i64);
+    assert_eq!(story["plans"][0]["plan_id"], "plan-h");
+    assert_eq!(story["plans"][0]["approvals"][0]["approved_by"], "po");
+    assert_eq!(story["tasks"][0]["role"], "DEV");
+    assert_eq!(story["tasks"][0]["status"], "CREATED");
+    assert_eq!(story["decisions"][0]["rationale"], "speed");
+    assert_eq!(story["decisions"][0]["decided_by"], "architect");
+    assert_eq!(story["milestones"][0]["name"], "MVP");
+    let (code, mut http) = get(port, "/v1/stories/US-H");
+    assert_eq!(code, 200);
+    http.as_object_mut().unwrap().remove("source");
+    assert_eq!(http, story, "HTTP and CLI disagree");
+
+    // The story with a parked event: its approval is not in the graph, and it is in the DLQ.
+    let parked = cli(&t, &["query", "story", "US-P", "--json"]);
+    assert_eq!(parked["plans"], serde_json::json!([]));
+    let dlq = cli(&t, &["dlq", "list", "--json"]);
+    assert_eq!(dlq[0]["story_id"], "US-P");
+
+    // Timeline: every change in stream order.
+    let tl = cli(&t, &["query", "timeline", "US-H", "--json"]);
+    let subjects: Vec<&str> = tl
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        vec![
+            "planning.story.created",
+            "planning.story.transitioned",
+            "planning.plan.created",
+            "planning.plan.approved",
+            "planning.task.created",
+            "orchestration.deliberation.completed",
+            "context.milestone.reached"
+        ]
+    );
+    assert_eq!(get(port, "/v1/stories/US-H/timeline").1, tl);
+
+    // Lists.
+    let d = cli(&t, &["query", "decisions", "--story", "US-H", "--json"]);
+    assert_eq!(d.as_array().unwrap().len(), 1);
+    assert_eq!(get(port, "/v1/decisions?story=US-H").1, d);
+    let since = cli(
+        &t,
+        &[
+            "query",
+            "decisions",
+            "--since",
+            "2099-01-01T00:00:00Z",
+            "--json",
+        ],
+    );
+    assert_eq!(since, serde_json::json!([]));
+    let failed = cli(
+        &t,
+        &[
+            "query", "tasks", "--status", "FAILED", "--json", "--limit", "1000",
+        ],
+    );
+    let expected_failed = h
+        .iter()
+        .filter(|s| s.subject == "agent.response.failed")
+        .count();
+    assert_eq!(failed.as_array().unwrap().len(), expected_failed);
+    assert_eq!(get(port, "/v1/tasks?status=FAILED&limit=1000").1, failed);
+    let a = cli(&t, &["query", "approvals", "--story", "US-H", "--json"]);
+    assert_eq!(a[0]["plan_id"], "plan-h");
+
+    // Errors: 404 and 400 as JSON, never a 500.
+    let (code, v) = get(port, "/v1/stories/US-NOPE");
+    assert_eq!(code, 404);
+    assert_eq!(v["error"], "no story US-NOPE in generation live");
+    let (code, v) = get(port, "/v1/tasks?limit=lots");
+    assert_eq!(code, 400, "{v}");
+    let (code, _) = get(port, "/v1/decisions?since=yesterday");
+    assert_eq!(code, 400);
+    let (code, doc) = get(port, "/openapi.json");
+    assert_eq!(code, 200);
+    assert!(doc["paths"]["/v1/stories/{id}"]["get"].is_object());
+
+    // Diagrams.
+    let m = t.projector(&["query", "story", "US-H", "--format", "mermaid"]);
+    assert!(stdout(&m).contains("-- HAS_TASK -->"), "{}", stdout(&m));
+    let d = t.projector(&["query", "story", "US-H", "--format", "dot"]);
+    assert!(stdout(&d).starts_with("digraph story {"));
+    assert_eq!(run.terminate(), Some(0));
+}
