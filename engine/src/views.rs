@@ -123,52 +123,45 @@ fn escape(s: &str) -> String {
     s.replace('"', "'")
 }
 
-/// Renders neighbourhood edges as a Mermaid flowchart.
-pub fn mermaid(edges: &Value) -> String {
-    let mut out = String::from("graph LR\n");
-    for e in edges.as_array().into_iter().flatten() {
+/// The complete edges of a neighbourhood: (from id, from label, type, to id, to label).
+fn edges(v: &Value) -> impl Iterator<Item = [&str; 5]> {
+    v.as_array().into_iter().flatten().filter_map(|e| {
         let e: Vec<&str> = e
-            .as_array()
-            .into_iter()
-            .flatten()
+            .as_array()?
+            .iter()
             .map(|x| x.as_str().unwrap_or(""))
             .collect();
-        if e.len() == 5 && !e[2].is_empty() && !e[3].is_empty() {
-            out.push_str(&format!(
-                "  {}[\"{}: {}\"] -- {} --> {}[\"{}: {}\"]\n",
-                node_id(e[1], e[0]),
-                e[1],
-                escape(e[0]),
-                e[2],
-                node_id(e[4], e[3]),
-                e[4],
-                escape(e[3])
-            ));
+        match e.as_slice() {
+            [a, b, c, d, f] if !c.is_empty() && !d.is_empty() => Some([*a, *b, *c, *d, *f]),
+            _ => None,
         }
+    })
+}
+
+/// Renders neighbourhood edges as a Mermaid flowchart.
+pub fn mermaid(v: &Value) -> String {
+    let mut out = String::from("graph LR\n");
+    for [from, fl, ty, to, tl] in edges(v) {
+        out.push_str(&format!(
+            "  {}[\"{fl}: {}\"] -- {ty} --> {}[\"{tl}: {}\"]\n",
+            node_id(fl, from),
+            escape(from),
+            node_id(tl, to),
+            escape(to)
+        ));
     }
     out
 }
 
 /// Renders neighbourhood edges as Graphviz DOT.
-pub fn dot(edges: &Value) -> String {
+pub fn dot(v: &Value) -> String {
     let mut out = String::from("digraph story {\n  rankdir=LR;\n");
-    for e in edges.as_array().into_iter().flatten() {
-        let e: Vec<&str> = e
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|x| x.as_str().unwrap_or(""))
-            .collect();
-        if e.len() == 5 && !e[2].is_empty() && !e[3].is_empty() {
-            out.push_str(&format!(
-                "  \"{}: {}\" -> \"{}: {}\" [label=\"{}\"];\n",
-                e[1],
-                escape(e[0]),
-                e[4],
-                escape(e[3]),
-                e[2]
-            ));
-        }
+    for [from, fl, ty, to, tl] in edges(v) {
+        out.push_str(&format!(
+            "  \"{fl}: {}\" -> \"{tl}: {}\" [label=\"{ty}\"];\n",
+            escape(from),
+            escape(to)
+        ));
     }
     out.push_str("}\n");
     out

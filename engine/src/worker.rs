@@ -970,6 +970,11 @@ impl Worker {
         });
         for (seq, res) in futures::future::join_all(acks).await {
             if let Err(e) = res {
+                self.sh
+                    .metrics
+                    .write_errors
+                    .with_label_values(&[&self.cfg.projector, &self.cfg.stream, "ack"])
+                    .inc();
                 // Effects are committed; a lost ack means a redelivery, skipped as a duplicate.
                 tracing::warn!(worker = %self.name, seq, error = %e, "ack not confirmed; the redelivery will be skipped by the checkpoint");
             }

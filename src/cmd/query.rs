@@ -22,6 +22,35 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
+/// Runs a list view and prints it as JSON or one line per row.
+async fn list_view(
+    graph: &GraphSink,
+    statement: &str,
+    gen: &str,
+    params: views::Params,
+    json_out: bool,
+    line: impl Fn(&Value) -> String,
+) -> Result<ExitCode, CliError> {
+    let v = views::run(graph, statement, gen, params)
+        .await?
+        .unwrap_or(json!([]));
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serializable")
+        );
+    } else {
+        for row in v.as_array().into_iter().flatten() {
+            println!("{}", line(row));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn opt(v: Option<String>) -> Value {
+    v.map(Value::from).unwrap_or(Value::Null)
+}
+
 async fn connect(cfg: &Config, target: &ViewTarget) -> Result<(GraphSink, String, bool), CliError> {
     let unreachable = |e: engine::error::WriteError| {
         CliError::Failed(format!("cannot read from Neo4j at {}: {e}", cfg.neo4j.uri))
@@ -142,37 +171,23 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
                 }
             };
             let (graph, gen, _) = connect(cfg, &target).await?;
-            let v = views::run(
-                &graph,
-                views::DECISIONS,
-                &gen,
-                vec![
-                    ("story", story.map(Value::from).unwrap_or(Value::Null)),
-                    ("since", since_ms),
-                    ("limit", limit.into()),
-                ],
-            )
-            .await?
-            .unwrap_or(json!([]));
-            if target.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("serializable")
-                );
-            } else {
-                for d in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {:<16} {:<12} by {:<10} {} — {}",
-                        when(d["decided_at_ms"].as_i64()),
-                        s(&d["decision_id"]),
-                        s(&d["story_id"]),
-                        s(&d["decided_by"]),
-                        s(&d["title"]),
-                        s(&d["rationale"])
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let params = vec![
+                ("story", opt(story)),
+                ("since", since_ms),
+                ("limit", limit.into()),
+            ];
+            list_view(&graph, views::DECISIONS, &gen, params, target.json, |d| {
+                format!(
+                    "{}  {:<16} {:<12} by {:<10} {} — {}",
+                    when(d["decided_at_ms"].as_i64()),
+                    s(&d["decision_id"]),
+                    s(&d["story_id"]),
+                    s(&d["decided_by"]),
+                    s(&d["title"]),
+                    s(&d["rationale"])
+                )
+            })
+            .await
         }
         QueryCommand::Tasks {
             status,
@@ -181,38 +196,23 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
             target,
         } => {
             let (graph, gen, _) = connect(cfg, &target).await?;
-            let opt = |o: Option<String>| o.map(Value::from).unwrap_or(Value::Null);
-            let v = views::run(
-                &graph,
-                views::TASKS,
-                &gen,
-                vec![
-                    ("status", opt(status)),
-                    ("role", opt(role)),
-                    ("limit", limit.into()),
-                ],
-            )
-            .await?
-            .unwrap_or(json!([]));
-            if target.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("serializable")
-                );
-            } else {
-                for t in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<12} {:<14} {:<10} {:<11} {:<10} {}",
-                        s(&t["story_id"]),
-                        s(&t["task_id"]),
-                        s(&t["role"]),
-                        s(&t["status"]),
-                        s(&t["agent_id"]),
-                        s(&t["title"])
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let params = vec![
+                ("status", opt(status)),
+                ("role", opt(role)),
+                ("limit", limit.into()),
+            ];
+            list_view(&graph, views::TASKS, &gen, params, target.json, |t| {
+                format!(
+                    "{:<12} {:<14} {:<10} {:<11} {:<10} {}",
+                    s(&t["story_id"]),
+                    s(&t["task_id"]),
+                    s(&t["role"]),
+                    s(&t["status"]),
+                    s(&t["agent_id"]),
+                    s(&t["title"])
+                )
+            })
+            .await
         }
         QueryCommand::Approvals {
             story,
@@ -220,34 +220,17 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
             target,
         } => {
             let (graph, gen, _) = connect(cfg, &target).await?;
-            let v = views::run(
-                &graph,
-                views::APPROVALS,
-                &gen,
-                vec![
-                    ("story", story.map(Value::from).unwrap_or(Value::Null)),
-                    ("limit", limit.into()),
-                ],
-            )
-            .await?
-            .unwrap_or(json!([]));
-            if target.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("serializable")
-                );
-            } else {
-                for a in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {:<12} {:<16} approved by {}",
-                        when(a["approved_at_ms"].as_i64()),
-                        s(&a["story_id"]),
-                        s(&a["plan_id"]),
-                        s(&a["approved_by"])
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let params = vec![("story", opt(story)), ("limit", limit.into())];
+            list_view(&graph, views::APPROVALS, &gen, params, target.json, |a| {
+                format!(
+                    "{}  {:<12} {:<16} approved by {}",
+                    when(a["approved_at_ms"].as_i64()),
+                    s(&a["story_id"]),
+                    s(&a["plan_id"]),
+                    s(&a["approved_by"])
+                )
+            })
+            .await
         }
     }
 }
