@@ -50,21 +50,7 @@ async fn views_over_cli_and_http_say_what_the_events_say() {
         .await
         .unwrap();
     let run = t.spawn_run_follow_live(&[]);
-    let stream = t.stream("PLANNING_EVENTS");
-    eventually(60, || async {
-        let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-        let mut c: jetstream::consumer::PullConsumer = s
-            .get_consumer("projector-graph-p0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let i = c.info().await.map_err(|e| e.to_string())?;
-        if i.num_pending == 0 && i.num_ack_pending == 0 {
-            Ok(())
-        } else {
-            Err(format!("pending {}", i.num_pending))
-        }
-    })
-    .await;
+    wait_all_acked(&js, &t, "projector-graph-p0").await;
     let port = run.metrics_port;
     eventually(30, || async {
         let (code, v) = get(port, "/v1/stories/US-H");

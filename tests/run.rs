@@ -68,8 +68,11 @@ async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     })
     .await;
     let ctx: serde_json::Value = serde_json::from_str(&ctx).unwrap();
-    assert_eq!(ctx["current_plan"]["plan_id"], "plan-verify-v1");
-    assert_eq!(ctx["current_plan"]["approved"], true);
+    assert_eq!(ctx["plans"][0]["plan_id"], "plan-verify-v1");
+    assert_eq!(
+        ctx["plans"][0]["approvals"][0]["approved_at_ms"],
+        1_760_637_600_000i64
+    );
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut kv)
@@ -564,6 +567,14 @@ async fn query_story_cache_and_graph_paths_agree() {
     let _: () = redis::cmd("SET")
         .arg(&key)
         .arg(stale.to_string())
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    // Rendered at an older revision of the story than the graph's.
+    let rev_key = format!("{}:context-rev:US-0002", t.tag);
+    let _: () = redis::cmd("SET")
+        .arg(&rev_key)
+        .arg(0)
         .query_async(&mut kv)
         .await
         .unwrap();

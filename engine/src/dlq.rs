@@ -182,7 +182,9 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
             .await?;
         let ids: Vec<String> = stories.into_iter().collect();
         let contexts = t.graph.story_contexts(t.generation, &ids).await?;
-        t.cache.put_contexts(t.cache_prefix, &contexts).await?;
+        t.cache
+            .put_contexts(t.cache_prefix, &contexts, false)
+            .await?;
     }
     Ok(report)
 }

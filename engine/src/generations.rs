@@ -98,7 +98,13 @@ pub async fn drop_generation(
         });
     }
     let mut labels: Vec<&str> = projections::Label::ALL.iter().map(|l| l.as_str()).collect();
-    labels.extend(["Checkpoint", "ParkedEvent", "LostRange", "Outbox"]);
+    labels.extend([
+        "Checkpoint",
+        "ParkedEvent",
+        "LostRange",
+        "Outbox",
+        "StoryRev",
+    ]);
     let mut total = 0u64;
     for label in labels {
         loop {

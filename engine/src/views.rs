@@ -50,17 +50,20 @@ pub async fn story_view(
     live: bool,
     id: &str,
 ) -> Result<Option<(projections::context::StoryContext, Source)>, WriteError> {
-    // Staleness is ruled out by version: the cached entry is used only if its `last_v` is the
-    // story's `last_v` in the graph (one indexed lookup).
-    let Some(version) = graph.story_version(gen, id).await? else {
+    // Staleness is ruled out by revision: every commit that touches the story moves its
+    // `StoryRev` in the same transaction, and the cached entry is served only if it was
+    // rendered at the revision the graph has now (one indexed lookup).
+    let Some(rev) = graph.story_rev(gen, id).await? else {
         return Ok(None);
     };
     let prefix = cache.map(|c| c.gen_prefix(gen, live)).unwrap_or_default();
     if let Some(c) = cache {
-        if let Ok(Some(bytes)) = c.get_context(&prefix, id).await {
-            if let Ok(cached) = serde_json::from_slice::<projections::context::StoryContext>(&bytes)
-            {
-                if cached.last_v == version {
+        if let Ok(Some((bytes, cached_rev))) = c.get_context(&prefix, id).await {
+            if cached_rev == rev {
+                if let Ok(mut cached) =
+                    serde_json::from_slice::<projections::context::StoryContext>(&bytes)
+                {
+                    cached.rev = rev;
                     return Ok(Some((cached, Source::Cache)));
                 }
             }
@@ -72,7 +75,10 @@ pub async fn story_view(
     };
     if let Some(c) = cache {
         // A failed refresh only costs the next reader a graph read.
-        if let Err(e) = c.put_contexts(&prefix, std::slice::from_ref(&ctx)).await {
+        if let Err(e) = c
+            .put_contexts(&prefix, std::slice::from_ref(&ctx), false)
+            .await
+        {
             tracing::warn!(error = %e, "could not refresh the cached story view");
         }
     }

@@ -1081,7 +1081,10 @@ impl Worker {
                 let ids = graph.story_ids(&gen).await?;
                 for chunk in ids.chunks(500) {
                     let contexts = graph.story_contexts(&gen, chunk).await?;
-                    cache.apply(&gen, &prefix, &contexts, &key, ckpt).await?;
+                    // Forced: after a switch of generation the cached revisions are another's.
+                    cache
+                        .apply_with(&gen, &prefix, &contexts, &key, ckpt, true)
+                        .await?;
                 }
                 cache.apply(&gen, &prefix, &[], &key, ckpt).await
             }

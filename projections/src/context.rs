@@ -74,6 +74,10 @@ pub struct StoryContext {
     pub decisions: Vec<DecisionView>,
     pub milestones: Vec<MilestoneView>,
     pub last_v: String,
+    /// How many commits have touched the story in this generation (`StoryRev`): the cache's
+    /// freshness token. Not part of the JSON, which stays a pure function of the events.
+    #[serde(skip)]
+    pub rev: i64,
 }
 
 impl StoryContext {

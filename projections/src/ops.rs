@@ -7,39 +7,53 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The total order every write is guarded by: stream timestamp, then stream name, then sequence.
+/// The total order every write is guarded by: the event's own time, then the stream's
+/// timestamp, then stream name, then sequence.
 ///
 /// Comparing versions instead of arrival order makes the result of any redelivery or
 /// interleaving of the streams the same: the newest write of each property group wins.
+/// The event's time comes first because messages published back to back to different
+/// streams can be stored in the other order; the producer's clock says what happened first.
 /// The key is a fixed-width string so Cypher can compare it with `<`.
 ///
 /// ```
 /// use projections::Version;
-/// let a = Version::new(1_000, "PLANNING_EVENTS", 9);
-/// let b = Version::new(1_000, "PLANNING_EVENTS", 10);
+/// let a = Version::new(5, 1_000, "PLANNING_EVENTS", 9);
+/// let b = Version::new(5, 1_000, "PLANNING_EVENTS", 10);
+/// let c = Version::new(6, 0, "AGENT_RESPONSES", 1);
 /// assert!(a < b && a.key() < b.key());
+/// assert!(b < c && b.key() < c.key());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
+    /// The event's time in milliseconds (payload `timestamp`, else the stream's).
+    pub event_ms: i64,
     pub ts_ns: i64,
     pub stream: String,
     pub seq: u64,
 }
 
 impl Version {
-    pub fn new(ts_ns: i64, stream: &str, seq: u64) -> Self {
+    pub fn new(event_ms: i64, ts_ns: i64, stream: &str, seq: u64) -> Self {
         Version {
+            event_ms,
             ts_ns,
             stream: stream.to_string(),
             seq,
         }
     }
 
-    /// Sortable text form, e.g. `00000001700000000000000000|PLANNING_EVENTS|00000000000000000007`.
+    /// Sortable text form: event time, stream time, stream, sequence, each fixed-width.
     pub fn key(&self) -> String {
-        // ts_ns is shifted so negative times (before 1970) still sort correctly as text.
-        let shifted = (self.ts_ns as i128 - i64::MIN as i128) as u128;
-        format!("{:020}|{}|{:020}", shifted, self.stream, self.seq)
+        // Shifted so negative times (before 1970) still sort correctly as text.
+        let shift = |v: i64| (v as i128 - i64::MIN as i128) as u128;
+        format!(
+            "{:020}|{:020}|{}|{:020}",
+            shift(self.event_ms),
+            shift(self.ts_ns),
+            self.stream,
+            self.seq
+        )
     }
 }
 
@@ -311,11 +325,13 @@ mod tests {
     #[test]
     fn version_key_orders_like_version() {
         let vs = [
-            Version::new(-5, "A", 1),
-            Version::new(0, "A", 1),
-            Version::new(0, "A", 2),
-            Version::new(0, "B", 1),
-            Version::new(1_700_000_000_000_000_000, "A", 1),
+            Version::new(-1, 9, "Z", 9),
+            Version::new(0, -5, "A", 1),
+            Version::new(0, 0, "A", 1),
+            Version::new(0, 0, "A", 2),
+            Version::new(0, 0, "B", 1),
+            Version::new(0, 1_700_000_000_000_000_000, "A", 1),
+            Version::new(1_700_000_000_000, 0, "A", 1),
         ];
         for w in vs.windows(2) {
             assert!(w[0] < w[1]);
@@ -339,7 +355,7 @@ mod tests {
                 group: Group::StoryTitle,
                 id: "US-1".into(),
                 values: vec![title.into()],
-                version: Version::new(0, "P", seq),
+                version: Version::new(0, 0, "P", seq),
                 event_time_ms: 0,
             })
         };

@@ -420,7 +420,12 @@ impl<'e> Builder<'e> {
     fn new(env: &'e Envelope<'e>, event: &Event) -> Self {
         Builder {
             env,
-            version: Version::new(env.stream_ts_ns, env.stream, env.seq),
+            version: Version::new(
+                event_time_ms(env, event),
+                env.stream_ts_ns,
+                env.stream,
+                env.seq,
+            ),
             event_time_ms: event_time_ms(env, event),
             out: Projection::default(),
             stories: Vec::new(),

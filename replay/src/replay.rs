@@ -350,7 +350,9 @@ pub async fn replay_stream(
             if !stories.is_empty() {
                 let ids: Vec<String> = stories.into_iter().collect();
                 let contexts = t.graph.story_contexts(t.generation, &ids).await?;
-                t.cache.put_contexts(t.cache_prefix, &contexts).await?;
+                t.cache
+                    .put_contexts(t.cache_prefix, &contexts, false)
+                    .await?;
             }
             on_progress(last);
         }

@@ -163,7 +163,7 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
     for chunk in ids.chunks(500) {
         let contexts = graph.story_contexts(&name, chunk).await?;
         cache
-            .put_contexts(&cache.gen_prefix(&name, true), &contexts)
+            .put_contexts(&cache.gen_prefix(&name, true), &contexts, true)
             .await?;
     }
     println!(

@@ -346,3 +346,34 @@ pub async fn count_nodes(g: &neo4rs::Graph, gen: &str, label: &str, key: &str, v
         .unwrap();
     rows.next().await.unwrap().unwrap().get::<i64>("c").unwrap()
 }
+
+/// Waits until the durable `consumer` has nothing pending or unacked on all four projected
+/// streams of this test.
+pub async fn wait_all_acked(js: &async_nats::jetstream::Context, t: &TestConfig, consumer: &str) {
+    eventually(90, || async {
+        for base in [
+            "PLANNING_EVENTS",
+            "CONTEXT_EVENTS",
+            "ORCHESTRATOR_EVENTS",
+            "AGENT_RESPONSES",
+        ] {
+            let s = js
+                .get_stream(t.stream(base))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut c: async_nats::jetstream::consumer::PullConsumer = s
+                .get_consumer(consumer)
+                .await
+                .map_err(|e| format!("{base}: {e}"))?;
+            let i = c.info().await.map_err(|e| e.to_string())?;
+            if i.num_pending != 0 || i.num_ack_pending != 0 {
+                return Err(format!(
+                    "{base}: pending {} ack pending {}",
+                    i.num_pending, i.num_ack_pending
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await
+}

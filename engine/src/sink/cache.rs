@@ -70,7 +70,9 @@ impl CacheSink {
         Ok(v)
     }
 
-    /// Writes contexts and moves the Valkey checkpoint atomically (MULTI/EXEC).
+    /// Writes contexts and moves the Valkey checkpoint atomically (MULTI/EXEC). A context is
+    /// only written over an older revision: two workers rendering the same story cannot leave
+    /// the older render in place.
     pub async fn apply(
         &self,
         gen: &str,
@@ -79,11 +81,25 @@ impl CacheSink {
         ckpt: &CheckpointKey,
         seq: u64,
     ) -> Result<(), WriteError> {
+        self.apply_with(gen, key_prefix, contexts, ckpt, seq, false)
+            .await
+    }
+
+    /// Like [`CacheSink::apply`]; `force` writes whatever revision the cache holds (after
+    /// a switch of generation, whose revisions start over).
+    pub async fn apply_with(
+        &self,
+        gen: &str,
+        key_prefix: &str,
+        contexts: &[StoryContext],
+        ckpt: &CheckpointKey,
+        seq: u64,
+        force: bool,
+    ) -> Result<(), WriteError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for ctx in contexts {
-            pipe.set(context_key(key_prefix, &ctx.story_id), render(ctx))
-                .ignore();
+            put(&mut pipe, key_prefix, ctx, force);
         }
         pipe.set(self.checkpoint_key(gen, ckpt), seq).ignore();
         let mut c = self.conn.clone();
@@ -96,6 +112,7 @@ impl CacheSink {
         &self,
         key_prefix: &str,
         contexts: &[StoryContext],
+        force: bool,
     ) -> Result<(), WriteError> {
         if contexts.is_empty() {
             return Ok(());
@@ -103,8 +120,7 @@ impl CacheSink {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for ctx in contexts {
-            pipe.set(context_key(key_prefix, &ctx.story_id), render(ctx))
-                .ignore();
+            put(&mut pipe, key_prefix, ctx, force);
         }
         let mut c = self.conn.clone();
         let () = pipe.query_async(&mut c).await.map_err(self.err())?;
@@ -184,18 +200,20 @@ impl CacheSink {
         }
     }
 
-    /// Reads one cached context (raw bytes), if present.
+    /// Reads one cached context (raw bytes) and its revision, if present.
     pub async fn get_context(
         &self,
         key_prefix: &str,
         story_id: &str,
-    ) -> Result<Option<Vec<u8>>, WriteError> {
+    ) -> Result<Option<(Vec<u8>, i64)>, WriteError> {
         let mut c = self.conn.clone();
-        redis::cmd("GET")
+        let (body, rev): (Option<Vec<u8>>, Option<i64>) = redis::cmd("MGET")
             .arg(context_key(key_prefix, story_id))
+            .arg(rev_key(key_prefix, story_id))
             .query_async(&mut c)
             .await
-            .map_err(self.err())
+            .map_err(self.err())?;
+        Ok(body.zip(rev))
     }
 
     pub async fn ping(&self) -> Result<(), WriteError> {
@@ -206,6 +224,30 @@ impl CacheSink {
             .map_err(self.err())?;
         Ok(())
     }
+}
+
+/// Where a context's revision is kept, next to it (not matched by `context:*`).
+fn rev_key(prefix: &str, story_id: &str) -> String {
+    format!("{prefix}context-rev:{story_id}")
+}
+
+/// Sets context and revision unless the stored revision is newer (or with `force`). An equal
+/// revision is the same graph state, so rewriting it is harmless.
+const PUT_IF_NEWER: &str = "local cur = tonumber(redis.call('GET', KEYS[2]) or '-1') \
+    if ARGV[3] == '1' or cur <= tonumber(ARGV[2]) then \
+      redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) return 1 end \
+    return 0";
+
+fn put(pipe: &mut redis::Pipeline, prefix: &str, ctx: &StoryContext, force: bool) {
+    pipe.cmd("EVAL")
+        .arg(PUT_IF_NEWER)
+        .arg(2)
+        .arg(context_key(prefix, &ctx.story_id))
+        .arg(rev_key(prefix, &ctx.story_id))
+        .arg(render(ctx))
+        .arg(ctx.rev)
+        .arg(if force { "1" } else { "0" })
+        .ignore();
 }
 
 /// The URL without its password, for logs and errors.

@@ -21,6 +21,8 @@ pub fn schema() -> Vec<String> {
     out.push("CREATE CONSTRAINT checkpoint_gen_id IF NOT EXISTS FOR (n:Checkpoint) REQUIRE (n.gen, n.id) IS UNIQUE".into());
     out.push("CREATE CONSTRAINT parked_gen_id IF NOT EXISTS FOR (n:ParkedEvent) REQUIRE (n.gen, n.id) IS UNIQUE".into());
     out.push("CREATE CONSTRAINT lostrange_gen_id IF NOT EXISTS FOR (n:LostRange) REQUIRE (n.gen, n.id) IS UNIQUE".into());
+    out.push("CREATE CONSTRAINT outbox_gen_id IF NOT EXISTS FOR (n:Outbox) REQUIRE (n.gen, n.id) IS UNIQUE".into());
+    out.push("CREATE CONSTRAINT storyrev_gen_id IF NOT EXISTS FOR (n:StoryRev) REQUIRE (n.gen, n.id) IS UNIQUE".into());
     out.push(
         "CREATE CONSTRAINT generation_pointer_id IF NOT EXISTS FOR (n:GenerationPointer) REQUIRE n.id IS UNIQUE".into(),
     );
@@ -129,6 +131,12 @@ pub const OUTBOX_PENDING: &str =
      RETURN o.id AS id, o.subject AS subject, o.payload AS payload ORDER BY o.id";
 
 pub const OUTBOX_DONE: &str = "MATCH (o:Outbox {gen: $gen}) WHERE o.id IN $ids DELETE o";
+
+/// Moves the revision of every story a commit touched (the write lock serializes writers).
+pub const STORY_REV_BUMP: &str = "UNWIND $ids AS id \
+     MERGE (r:StoryRev {gen: $gen, id: id}) \
+     SET r.rev = coalesce(r.rev, 0) + 1 \
+     RETURN count(*) AS rows";
 
 #[cfg(test)]
 mod tests {

@@ -450,6 +450,21 @@ impl GraphSink {
             )
             .await?;
         }
+        // Every commit that touches a story moves its revision: the cache's freshness token.
+        let stories: std::collections::BTreeSet<&str> = batch
+            .nodes
+            .iter()
+            .filter(|(g, _)| g.label() == projections::Label::Story)
+            .flat_map(|(_, w)| w.keys().map(String::as_str))
+            .collect();
+        if !stories.is_empty() {
+            let ids: Vec<String> = stories.into_iter().map(str::to_string).collect();
+            let n = ids.len() as i64;
+            let q = query(cypher::STORY_REV_BUMP)
+                .param("gen", gen)
+                .param("ids", ids);
+            self.confirmed(txn, q, "story revisions".into(), n).await?;
+        }
         Ok(())
     }
 
@@ -697,6 +712,27 @@ impl GraphSink {
         Ok(out)
     }
 
+    /// The story's revision (commits that touched it), or `None` if the story does not exist.
+    pub async fn story_rev(&self, gen: &str, id: &str) -> Result<Option<i64>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(
+                    "MATCH (s:Story {gen: $gen, id: $id}) OPTIONAL MATCH (r:StoryRev {gen: $gen, id: $id}) \
+                     RETURN coalesce(r.rev, 0) AS rev",
+                )
+                .param("gen", gen)
+                .param("id", id),
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(rows
+            .next()
+            .await
+            .map_err(self.err())?
+            .map(|r| r.get("rev").unwrap_or(0)))
+    }
+
     /// The story's newest version key (`last_v`), or `None` if the story does not exist.
     pub async fn story_version(&self, gen: &str, id: &str) -> Result<Option<String>, WriteError> {
         let mut rows = self
@@ -749,10 +785,11 @@ impl GraphSink {
             .map_err(self.err())?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(self.err())? {
-            let ctx: StoryContext = row.get("ctx").map_err(|e| WriteError::Neo4jRefused {
+            let mut ctx: StoryContext = row.get("ctx").map_err(|e| WriteError::Neo4jRefused {
                 code: "projector.ContextShape".into(),
                 message: e.to_string(),
             })?;
+            ctx.rev = row.get("rev").unwrap_or(0);
             out.push(ctx);
         }
         Ok(out)
@@ -774,6 +811,7 @@ const STORY_CONTEXT: &str = "UNWIND $ids AS sid \
       RETURN [x IN collect(d) | {decision_id: x.id, task_id: x.task_id, title: x.title, rationale: x.rationale, decided_by: x.decided_by, decided_at_ms: x.decided_at_ms}] AS decisions } \
     CALL (s) { OPTIONAL MATCH (s)-[:REACHED]->(m:Milestone) WITH m ORDER BY m.reached_at_ms, m.name \
       RETURN [x IN collect(m) | {name: x.name, reached_at_ms: x.reached_at_ms}] AS milestones } \
+    OPTIONAL MATCH (r:StoryRev {gen: $gen, id: s.id}) \
     RETURN {story_id: s.id, title: s.title, description: s.description, phase: s.phase, created_by: s.created_by, \
       phase_history: phases, plans: plans, tasks: tasks, decisions: decisions, milestones: milestones, \
-      last_v: coalesce(s.last_v, '')} AS ctx";
+      last_v: coalesce(s.last_v, '')} AS ctx, coalesce(r.rev, 0) AS rev";
