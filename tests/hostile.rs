@@ -1,0 +1,99 @@
+//! Hostile input: Cypher-injection-shaped ids and values are stored as plain strings.
+//! Labels and relationship types come from code; event values only travel as parameters.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injection_shaped_ids_and_values_are_plain_strings() {
+    let t = TestConfig::new();
+    assert!(t.projector(&["streams", "ensure"]).status.success());
+    let js = jetstream::new(nats(&t.cfg).await);
+    let evil_ids = [
+        "US-1'}) DETACH DELETE n //",
+        "US-2`) MATCH (m) DETACH DELETE m //",
+        "US-3\"; CALL dbms.killQueries() //",
+        "US-4\\' OR 1=1 --",
+    ];
+    let mut events = vec![(
+        "planning.story.created",
+        serde_json::json!({"story_id": "US-SAFE", "title": "must survive"}).to_string(),
+    )];
+    for id in evil_ids {
+        events.push((
+            "planning.story.created",
+            serde_json::json!({"story_id": id, "title": "x'}) SET n.pwned = true //", "created_by": "`evil`"}).to_string(),
+        ));
+        events.push((
+            "orchestration.deliberation.completed",
+            serde_json::json!({"story_id": id, "task_id": format!("{id}-T"),
+                               "decisions": [{"id": format!("{id}-D"), "rationale": "}) DETACH DELETE n //"}]})
+            .to_string(),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = events.iter().map(|(s, p)| (*s, p.as_str())).collect();
+    t.publish(&js, &refs).await;
+    t.run_until_caught_up(&t.tag);
+
+    let g = neo4j(&t.cfg);
+    assert_eq!(
+        count_nodes(&g, &t.tag, "Story", "id", "US-SAFE").await,
+        1,
+        "nothing was deleted"
+    );
+    for id in evil_ids {
+        assert_eq!(count_nodes(&g, &t.tag, "Story", "id", id).await, 1, "{id}");
+        assert_eq!(
+            count_nodes(&g, &t.tag, "Decision", "id", &format!("{id}-D")).await,
+            1,
+            "{id}"
+        );
+        let mut rows = g
+            .execute(
+                neo4rs::query("MATCH (s:Story {gen: $gen, id: $id}) RETURN s.title AS title, s.created_by AS by, s.pwned AS pwned")
+                    .param("gen", t.tag.clone())
+                    .param("id", id),
+            )
+            .await
+            .unwrap();
+        let row = rows.next().await.unwrap().unwrap();
+        assert_eq!(
+            row.get::<String>("title").unwrap(),
+            "x'}) SET n.pwned = true //"
+        );
+        assert_eq!(row.get::<String>("by").unwrap(), "`evil`");
+        assert!(
+            row.get::<bool>("pwned").is_err(),
+            "no property was injected"
+        );
+    }
+    // The story view renders the same strings back.
+    let o = t.projector(&[
+        "query",
+        "story",
+        evil_ids[0],
+        "--json",
+        "--generation",
+        &t.tag,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["story_id"], evil_ids[0]);
+    assert_eq!(v["decisions"][0]["rationale"], "}) DETACH DELETE n //");
+    // Mermaid output stays well-formed: quotes in ids are neutralised.
+    let m = t.projector(&[
+        "query",
+        "story",
+        evil_ids[2],
+        "--format",
+        "mermaid",
+        "--generation",
+        &t.tag,
+    ]);
+    assert!(m.status.success());
+    for line in stdout(&m).lines().skip(1) {
+        assert_eq!(line.matches('"').count(), 4, "{line}");
+    }
+}
