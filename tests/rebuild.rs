@@ -216,16 +216,7 @@ async fn rebuild_while_run_keeps_projecting_switches_with_no_empty_moment() {
         )],
     )
     .await;
-    eventually(60, || {
-        let (g, name) = (g.clone(), name.clone());
-        async move {
-            match count_nodes(&g, &name, "Story", "id", "US-AFTER").await {
-                1 => Ok(()),
-                n => Err(n),
-            }
-        }
-    })
-    .await;
+    wait_for_count(&g, &name, "Story", "id", "US-AFTER", 1).await;
     let clean = format!("{}-clean", t.tag);
     eventually(90, || async {
         t.run_until_caught_up(&clean);

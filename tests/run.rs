@@ -32,16 +32,7 @@ async fn seed_scenario_plan_approved_reaches_neo4j_and_valkey_and_is_acked() {
     .await;
     let g = neo4j(&t.cfg);
     let gen = t.main_gen();
-    eventually(60, || {
-        let (g, gen) = (g.clone(), gen.clone());
-        async move {
-            match count_nodes(&g, &gen, "PlanApproval", "story_id", "US-VERIFY-001").await {
-                1 => Ok(()),
-                n => Err(n),
-            }
-        }
-    })
-    .await;
+    wait_for_count(&g, &gen, "PlanApproval", "story_id", "US-VERIFY-001", 1).await;
     let approval = count_nodes(
         &g,
         &gen,
@@ -139,16 +130,7 @@ async fn malformed_message_is_parked_with_reason_and_the_stream_goes_on() {
     .await;
     let g = neo4j(&t.cfg);
     let gen = t.tag.clone();
-    eventually(60, || {
-        let (g, gen) = (g.clone(), gen.clone());
-        async move {
-            match count_nodes(&g, &gen, "Story", "id", "US-C").await {
-                1 => Ok(()),
-                n => Err(n),
-            }
-        }
-    })
-    .await;
+    wait_for_count(&g, &gen, "Story", "id", "US-C", 1).await;
     assert_eq!(count_nodes(&g, &gen, "Story", "id", "US-B").await, 1);
     assert!(run.alive(), "projector died:\n{}", run.log());
 
@@ -237,16 +219,7 @@ async fn later_events_of_a_parked_story_wait_behind_it() {
     .await;
     let g = neo4j(&t.cfg);
     let gen = t.tag.clone();
-    eventually(60, || {
-        let (g, gen) = (g.clone(), gen.clone());
-        async move {
-            match count_nodes(&g, &gen, "Story", "id", "US-OK").await {
-                1 => Ok(()),
-                n => Err(n),
-            }
-        }
-    })
-    .await;
+    wait_for_count(&g, &gen, "Story", "id", "US-OK", 1).await;
     assert_eq!(
         count_nodes(&g, &gen, "Plan", "id", "plan-p").await,
         0,
@@ -390,16 +363,7 @@ async fn dlq_list_discard_retry_unblocks_the_story() {
     .await;
     let g = neo4j(&t.cfg);
     let gen = t.tag.clone();
-    eventually(60, || {
-        let (g, gen) = (g.clone(), gen.clone());
-        async move {
-            match count_nodes(&g, &gen, "ParkedEvent", "story_id", "US-R").await {
-                2 => Ok(()),
-                n => Err(n),
-            }
-        }
-    })
-    .await;
+    wait_for_count(&g, &gen, "ParkedEvent", "story_id", "US-R", 2).await;
     let dlq = |args: &[&str]| {
         let mut a = vec!["dlq"];
         a.extend_from_slice(args);
@@ -447,16 +411,7 @@ async fn dlq_list_discard_retry_unblocks_the_story() {
         )],
     )
     .await;
-    eventually(30, || {
-        let (g, gen) = (g.clone(), gen.clone());
-        async move {
-            match count_nodes(&g, &gen, "PlanApproval", "plan_id", "plan-r").await {
-                1 => Ok(()),
-                n => Err(n),
-            }
-        }
-    })
-    .await;
+    wait_for_count(&g, &gen, "PlanApproval", "plan_id", "plan-r", 1).await;
     assert_eq!(run.terminate(), Some(0));
 }
 

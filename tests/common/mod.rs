@@ -377,3 +377,21 @@ pub async fn wait_all_acked(js: &async_nats::jetstream::Context, t: &TestConfig,
     })
     .await
 }
+
+/// Waits until generation `gen` holds exactly `n` nodes of `label` with `key` = `value`.
+pub async fn wait_for_count(
+    g: &neo4rs::Graph,
+    gen: &str,
+    label: &str,
+    key: &str,
+    value: &str,
+    n: i64,
+) {
+    eventually(60, || async move {
+        match count_nodes(g, gen, label, key, value).await {
+            c if c == n => Ok(()),
+            c => Err(format!("{label} {key}={value}: {c} of {n}")),
+        }
+    })
+    .await
+}
