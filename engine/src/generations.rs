@@ -6,7 +6,7 @@
 
 use crate::error::WriteError;
 use crate::sink::cache::CacheSink;
-use crate::sink::graph::{CheckpointKey, GraphSink};
+use crate::sink::graph::{field, CheckpointKey, GraphSink};
 use neo4rs::query;
 
 /// The live generation's name.
@@ -20,9 +20,7 @@ pub async fn live(graph: &GraphSink) -> Result<String, WriteError> {
         .await
         .map_err(err)?;
     Ok(match rows.next().await.map_err(err)? {
-        Some(r) => r
-            .get("name")
-            .unwrap_or_else(|_| graph.default_generation().to_string()),
+        Some(r) => field(&r, "name")?,
         None => graph.default_generation().to_string(),
     })
 }
@@ -56,7 +54,11 @@ pub async fn promote(
     .param("name", name);
     let mut rows = txn.execute(q).await.map_err(err)?;
     let row = rows.next(txn.handle()).await.map_err(err)?;
-    let behind: i64 = row.as_ref().and_then(|r| r.get("behind").ok()).unwrap_or(1);
+    let behind: i64 = match &row {
+        Some(r) => field(r, "behind")?,
+        // No row: nothing was compared, so nothing may be switched.
+        None => 1,
+    };
     txn.commit().await.map_err(err)?;
     Ok(behind == 0)
 }
@@ -75,10 +77,7 @@ pub async fn list(graph: &GraphSink) -> Result<Vec<(String, u64)>, WriteError> {
         .map_err(err)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().await.map_err(err)? {
-        out.push((
-            r.get("gen").unwrap_or_default(),
-            r.get::<i64>("stories").unwrap_or(0) as u64,
-        ));
+        out.push((field(&r, "gen")?, field::<i64>(&r, "stories")? as u64));
     }
     Ok(out)
 }
@@ -116,7 +115,7 @@ pub async fn drop_generation(
                 .await
                 .map_err(err)?;
             let n: i64 = match rows.next().await.map_err(err)? {
-                Some(r) => r.get("n").unwrap_or(0),
+                Some(r) => field(&r, "n")?,
                 None => 0,
             };
             total += n as u64;

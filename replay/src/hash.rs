@@ -2,15 +2,17 @@
 //!
 //! Nodes of the projected labels are read in (label, id) order, relationships in
 //! (type, from, to) order, properties sorted by name, `gen` left out (it names where the
-//! state lives, not what it is). Checkpoints and parked records are bookkeeping and are
-//! not part of the state.
+//! state lives, not what it is). Checkpoints, parked records and story revisions are
+//! bookkeeping and are not part of the state.
 
 use engine::error::WriteError;
-use engine::sink::graph::GraphSink;
+use engine::sink::graph::{field, GraphSink};
 use neo4rs::query;
 use projections::Label;
 use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// A generation's graph summarized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,11 +26,14 @@ fn labels() -> Vec<String> {
     Label::ALL.iter().map(|l| l.as_str().to_string()).collect()
 }
 
-/// Hashes the graph of generation `gen`.
-pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, WriteError> {
+/// Calls `f(label, properties without gen)` for every projected node of `gen`, in
+/// (label, id) order. A row that does not read back is an error, never an empty node.
+async fn for_each_node(
+    sink: &GraphSink,
+    gen: &str,
+    mut f: impl FnMut(&str, &Map<String, Value>),
+) -> Result<(), WriteError> {
     let err = |e| WriteError::from_neo4j(sink.uri(), e);
-    let mut h = Sha256::new();
-    let mut nodes = 0u64;
     let mut rows = sink
         .graph()
         .execute(
@@ -43,16 +48,27 @@ pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, Wr
         .await
         .map_err(err)?;
     while let Some(row) = rows.next().await.map_err(err)? {
-        let label: String = row.get("label").unwrap_or_default();
-        let mut props: serde_json::Map<String, serde_json::Value> =
-            row.get("props").unwrap_or_default();
+        let label: String = field(&row, "label")?;
+        let mut props: Map<String, Value> = field(&row, "props")?;
         props.remove("gen");
+        f(&label, &props);
+    }
+    Ok(())
+}
+
+/// Hashes the graph of generation `gen`.
+pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, WriteError> {
+    let err = |e| WriteError::from_neo4j(sink.uri(), e);
+    let mut h = Sha256::new();
+    let mut nodes = 0u64;
+    for_each_node(sink, gen, |label, props| {
         h.update(label.as_bytes());
         h.update(b"\x00");
-        h.update(serde_json::to_vec(&props).expect("JSON map serializes"));
+        h.update(serde_json::to_vec(props).expect("JSON map serializes"));
         h.update(b"\n");
         nodes += 1;
-    }
+    })
+    .await?;
     let mut rels = 0u64;
     let mut rows = sink
         .graph()
@@ -70,12 +86,11 @@ pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, Wr
         .map_err(err)?;
     while let Some(row) = rows.next().await.map_err(err)? {
         for col in ["type", "fl", "f", "tl", "t"] {
-            let v: String = row.get(col).unwrap_or_default();
+            let v: String = field(&row, col)?;
             h.update(v.as_bytes());
             h.update(b"\x00");
         }
-        let props: serde_json::Map<String, serde_json::Value> =
-            row.get("props").unwrap_or_default();
+        let props: Map<String, Value> = field(&row, "props")?;
         h.update(serde_json::to_vec(&props).expect("JSON map serializes"));
         h.update(b"\n");
         rels += 1;
@@ -91,30 +106,16 @@ pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, Wr
 pub async fn label_digests(
     sink: &GraphSink,
     gen: &str,
-) -> Result<std::collections::BTreeMap<String, (u64, String)>, WriteError> {
-    let err = |e| WriteError::from_neo4j(sink.uri(), e);
-    let mut out: std::collections::BTreeMap<String, (u64, Sha256)> = Default::default();
-    let mut rows = sink
-        .graph()
-        .execute(
-            query(
-                "MATCH (n) WHERE n.gen = $gen AND labels(n)[0] IN $labels \
-                 RETURN labels(n)[0] AS label, properties(n) AS props ORDER BY label, n.id",
-            )
-            .param("gen", gen)
-            .param("labels", labels()),
-        )
-        .await
-        .map_err(err)?;
-    while let Some(row) = rows.next().await.map_err(err)? {
-        let label: String = row.get("label").unwrap_or_default();
-        let mut props: serde_json::Map<String, serde_json::Value> =
-            row.get("props").unwrap_or_default();
-        props.remove("gen");
-        let e = out.entry(label).or_insert_with(|| (0, Sha256::new()));
+) -> Result<BTreeMap<String, (u64, String)>, WriteError> {
+    let mut out: BTreeMap<String, (u64, Sha256)> = BTreeMap::new();
+    for_each_node(sink, gen, |label, props| {
+        let e = out
+            .entry(label.to_string())
+            .or_insert_with(|| (0, Sha256::new()));
         e.0 += 1;
-        e.1.update(serde_json::to_vec(&props).expect("JSON map serializes"));
-    }
+        e.1.update(serde_json::to_vec(props).expect("JSON map serializes"));
+    })
+    .await?;
     Ok(out
         .into_iter()
         .map(|(k, (n, h))| (k, (n, hex::encode(h.finalize()))))

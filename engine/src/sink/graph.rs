@@ -52,6 +52,18 @@ impl ParkedRecord {
     }
 }
 
+/// Reads a column every row of the query has. A missing or ill-typed value is an error,
+/// never a default: a silently zeroed checkpoint or an empty id would be a wrong answer.
+pub fn field<'a, T: serde::Deserialize<'a>>(
+    row: &'a neo4rs::Row,
+    name: &str,
+) -> Result<T, WriteError> {
+    row.get(name).map_err(|e| WriteError::Neo4jRefused {
+        code: "projector.RowShape".into(),
+        message: format!("column {name}: {e}"),
+    })
+}
+
 /// A parked record as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ParkedView {
@@ -245,7 +257,7 @@ impl GraphSink {
             .await
             .map_err(self.err())?;
         match rows.next().await.map_err(self.err())? {
-            Some(row) => Ok(Some(row.get::<i64>("seq").unwrap_or(0) as u64)),
+            Some(row) => Ok(Some(field::<i64>(&row, "seq")? as u64)),
             None => Ok(None),
         }
     }
@@ -344,12 +356,12 @@ impl GraphSink {
                 )
                 .await
                 .map_err(self.err())?;
-            let live: String = rows
-                .next(txn.handle())
-                .await
-                .map_err(self.err())?
-                .and_then(|r| r.get("live").ok())
-                .unwrap_or_else(|| self.default_gen.clone());
+            // OPTIONAL MATCH with coalesce: always exactly one row.
+            let row = rows.next(txn.handle()).await.map_err(self.err())?;
+            let live: String = match row {
+                Some(r) => field(&r, "live")?,
+                None => self.default_gen.clone(),
+            };
             if live != gen {
                 return Err(WriteError::GenerationMoved {
                     from: gen.to_string(),
@@ -523,17 +535,17 @@ impl GraphSink {
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(self.err())? {
             out.push(ParkedView {
-                id: row.get("id").unwrap_or_default(),
-                projector: row.get("projector").unwrap_or_default(),
-                stream: row.get("stream").unwrap_or_default(),
-                seq: row.get::<i64>("seq").unwrap_or(0) as u64,
-                subject: row.get("subject").unwrap_or_default(),
+                id: field(&row, "id")?,
+                projector: field(&row, "projector")?,
+                stream: field(&row, "stream")?,
+                seq: field::<i64>(&row, "seq")? as u64,
+                subject: field(&row, "subject")?,
                 story_id: row.get("story_id").ok(),
-                kind: row.get("kind").unwrap_or_default(),
-                reason: row.get("reason").unwrap_or_default(),
+                kind: field(&row, "kind")?,
+                reason: field(&row, "reason")?,
                 blocked_by: row.get("blocked_by").ok(),
-                dlq_seq: row.get::<i64>("dlq_seq").unwrap_or(0) as u64,
-                ts_ns: row.get::<i64>("ts_ns").unwrap_or(0),
+                dlq_seq: field::<i64>(&row, "dlq_seq")? as u64,
+                ts_ns: field::<i64>(&row, "ts_ns")?,
             });
         }
         Ok(out)
@@ -551,7 +563,7 @@ impl GraphSink {
             .await
             .map_err(self.err())?;
         let n = match rows.next().await.map_err(self.err())? {
-            Some(r) => r.get::<i64>("n").unwrap_or(0),
+            Some(r) => field::<i64>(&r, "n")?,
             None => 0,
         };
         Ok(n as u64)
@@ -576,7 +588,7 @@ impl GraphSink {
             .map_err(self.err())?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(self.err())? {
-            out.push(row.get::<String>("s").unwrap_or_default());
+            out.push(field::<String>(&row, "s")?);
         }
         Ok(out)
     }
@@ -600,12 +612,9 @@ impl GraphSink {
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(self.err())? {
             out.push(Outbound {
-                msg_id: row.get("id").unwrap_or_default(),
-                subject: row.get("subject").unwrap_or_default(),
-                payload: row
-                    .get::<String>("payload")
-                    .unwrap_or_default()
-                    .into_bytes(),
+                msg_id: field(&row, "id")?,
+                subject: field(&row, "subject")?,
+                payload: field::<String>(&row, "payload")?.into_bytes(),
             });
         }
         Ok(out)
@@ -648,8 +657,8 @@ impl GraphSink {
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(self.err())? {
             out.push((
-                row.get::<String>("story").unwrap_or_default(),
-                row.get::<String>("first").unwrap_or_default(),
+                field::<String>(&row, "story")?,
+                field::<String>(&row, "first")?,
             ));
         }
         Ok(out)
@@ -702,11 +711,11 @@ impl GraphSink {
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(self.err())? {
             out.push((
-                row.get("p").unwrap_or_default(),
-                row.get("s").unwrap_or_default(),
-                row.get::<i64>("f").unwrap_or(0) as u64,
-                row.get::<i64>("t").unwrap_or(0) as u64,
-                row.get("h").unwrap_or(false),
+                field(&row, "p")?,
+                field(&row, "s")?,
+                field::<i64>(&row, "f")? as u64,
+                field::<i64>(&row, "t")? as u64,
+                field(&row, "h")?,
             ));
         }
         Ok(out)
@@ -726,11 +735,11 @@ impl GraphSink {
             )
             .await
             .map_err(self.err())?;
-        Ok(rows
-            .next()
+        rows.next()
             .await
             .map_err(self.err())?
-            .map(|r| r.get("rev").unwrap_or(0)))
+            .map(|r| field(&r, "rev"))
+            .transpose()
     }
 
     /// The story's newest version key (`last_v`), or `None` if the story does not exist.
@@ -744,11 +753,11 @@ impl GraphSink {
             )
             .await
             .map_err(self.err())?;
-        Ok(rows
-            .next()
+        rows.next()
             .await
             .map_err(self.err())?
-            .map(|r| r.get("v").unwrap_or_default()))
+            .map(|r| field(&r, "v"))
+            .transpose()
     }
 
     /// Every story id of a generation, sorted.
@@ -763,7 +772,7 @@ impl GraphSink {
             .map_err(self.err())?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.map_err(self.err())? {
-            out.push(row.get::<String>("id").unwrap_or_default());
+            out.push(field::<String>(&row, "id")?);
         }
         Ok(out)
     }
@@ -789,7 +798,7 @@ impl GraphSink {
                 code: "projector.ContextShape".into(),
                 message: e.to_string(),
             })?;
-            ctx.rev = row.get("rev").unwrap_or(0);
+            ctx.rev = field(&row, "rev")?;
             out.push(ctx);
         }
         Ok(out)
