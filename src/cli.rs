@@ -141,6 +141,51 @@ pub enum BenchCommand {
     /// Generate a deterministic fleet history (stories, phases, plans, approvals, tasks,
     /// deliberations with decisions, agent responses, milestones) and print or publish it.
     Gen(GenArgs),
+    /// Publish a generated history at a steady rate (for latency under load): story ids
+    /// start at --first-story so the load does not touch an existing history's stories.
+    ///
+    /// Example: `projector bench load --rate 200 --duration 60s --first-story 900001`
+    Load(LoadArgs),
+    /// The sink's ceiling: project a generated history in memory and write the same graph
+    /// statements straight to Neo4j in UNWIND batches, with no NATS, checkpoint or cache.
+    /// Prints JSON (events, rows, seconds, events/s, rows/s).
+    ///
+    /// Example: `projector bench ceiling --stories 3650 --seed 43 --generation ceiling`
+    Ceiling(CeilingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Events per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// How long to publish (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+    pub duration: std::time::Duration,
+    /// Number of the first story (ids are US-<n>).
+    #[arg(long, default_value_t = 900_001)]
+    pub first_story: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CeilingArgs {
+    /// Number of stories of the generated history (as `bench gen`).
+    #[arg(long, default_value_t = 100)]
+    pub stories: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Events per transaction (per stream, as `run --batch-size`).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=20000))]
+    pub batch_size: u32,
+    /// Generation written (dropped first if it exists, so every run starts empty).
+    #[arg(long, default_value = "bench-ceiling")]
+    pub generation: String,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    engine::config::parse_duration(s)
 }
 
 #[derive(Debug, Args)]

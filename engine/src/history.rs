@@ -152,6 +152,18 @@ fn story_events(i: usize, rng: &mut Rng, t0: i64) -> Vec<Sample> {
 /// assert!(a.iter().any(|s| s.subject == "planning.plan.approved"));
 /// ```
 pub fn generate(stories: usize, seed: u64) -> Vec<Sample> {
+    generate_from(1, stories, seed)
+}
+
+/// Like [`generate`], with story numbers starting at `first` (a second history that shares
+/// no story with the first, e.g. the steady load of a latency benchmark).
+///
+/// ```
+/// let h = engine::history::generate_from(501, 2, 7);
+/// assert!(h.iter().any(|s| s.payload.contains("US-0501")));
+/// assert!(!h.iter().any(|s| s.payload.contains("US-0001")));
+/// ```
+pub fn generate_from(first: usize, stories: usize, seed: u64) -> Vec<Sample> {
     let mut rng = Rng::new(seed);
     let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
     let mut out: Vec<Sample> = (0..AGENTS)
@@ -161,7 +173,7 @@ pub fn generate(stories: usize, seed: u64) -> Vec<Sample> {
                 .to_string(),
         })
         .collect();
-    let mut queues: Vec<std::collections::VecDeque<Sample>> = (1..=stories)
+    let mut queues: Vec<std::collections::VecDeque<Sample>> = (first..first + stories)
         .map(|i| story_events(i, &mut rng, t0 + i as i64 * 60_000).into())
         .collect();
     // Interleave: a window of active stories, each step advancing a random one.

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub batch_size: HistogramVec,
     pub batch_seconds: HistogramVec,
+    /// From the stream's append of a message to its effects committed and acked.
+    pub event_latency: HistogramVec,
     pub checkpoint: IntGaugeVec,
     pub lag: IntGaugeVec,
     pub retries: IntCounterVec,
@@ -44,6 +46,13 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
     h
 }
 
+/// Fine below 100 ms, where a live projector should be; coarse above (catch-up, outages).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020, 0.025, 0.030,
+    0.040, 0.050, 0.060, 0.080, 0.100, 0.150, 0.200, 0.300, 0.500, 0.750, 1.0, 2.0, 5.0, 10.0,
+    30.0, 60.0, 300.0,
+];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -71,6 +80,12 @@ impl Metrics {
                 "projector_batch_seconds",
                 "Time from fetch to ack of a batch",
                 prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
+            ),
+            event_latency: histogram(
+                &r,
+                "projector_event_latency_seconds",
+                "From a message's append to its stream (JetStream timestamp) to its effects committed in Neo4j and Valkey and acked",
+                LATENCY_BUCKETS.to_vec(),
             ),
             checkpoint: gauge(
                 &r,

@@ -956,6 +956,15 @@ impl Worker {
             .batch_seconds
             .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let latency = self.sh.metrics.event_latency.with_label_values(&labels);
+        for it in &items {
+            // Clocks of the NATS server and this host; negative skew is clamped to zero.
+            latency.observe((now_ns - it.ts_ns).max(0) as f64 / 1e9);
+        }
         self.set_lag(lag);
         tracing::debug!(worker = %self.name, first, last = self.checkpoint, events = n, parked, lag, "batch committed");
     }

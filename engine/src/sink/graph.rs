@@ -316,6 +316,7 @@ impl GraphSink {
         what: String,
         expected: i64,
     ) -> Result<(), WriteError> {
+        let started = std::time::Instant::now();
         let mut rows = txn.execute(q).await.map_err(self.err())?;
         let row = rows
             .next(txn.handle())
@@ -328,6 +329,12 @@ impl GraphSink {
             })?;
         let n: i64 = row.get("rows").unwrap_or(-1);
         let confirmed: i64 = row.get("confirmed").unwrap_or(n);
+        tracing::trace!(
+            what,
+            rows = n,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "statement"
+        );
         if n != expected || confirmed != expected {
             return Err(WriteError::Unconfirmed {
                 what,
@@ -478,6 +485,19 @@ impl GraphSink {
             self.confirmed(txn, q, "story revisions".into(), n).await?;
         }
         Ok(())
+    }
+
+    /// Writes a batch's graph operations in one transaction and nothing else (no
+    /// checkpoint, parked records or outbox): the sink's ceiling benchmark.
+    pub async fn commit_bare(&self, gen: &str, batch: &CompactBatch) -> Result<(), WriteError> {
+        let mut txn = self.graph.start_txn().await.map_err(self.err())?;
+        match self.write_ops(&mut txn, gen, batch).await {
+            Ok(()) => txn.commit().await.map_err(self.err()),
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     /// Writes re-projected parked events and removes their parked records, in one transaction.

@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Runs every benchmark scenario of docs/benchmarks.md in one go and writes the results.
+
+Use `bench/run` (it starts the stack, builds the binary and installs the Python clients);
+this script expects all of that done. Scenarios, in order, on one generated history:
+
+  1. catch-up   `projector run --until-caught-up` from an empty graph        events/s, peak RSS
+  2. rebuild    `projector rebuild` of the same events into a new generation events/s, same hash
+  3. seeds      bench/seeds_peer.py, the seeds' design                       events/s
+  4. ceiling    `projector bench ceiling`: the same writes as bare batches   events/s, rows/s
+  5. latency    `bench load` at each --rates while `run` is live            p50/p99/max, RSS
+
+Results: bench/results/<name>.json and .md (name: latest, or smoke for --smoke).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "bench" / "projector.toml"
+STREAMS = [
+    "BENCH_PLANNING_EVENTS",
+    "BENCH_CONTEXT_EVENTS",
+    "BENCH_ORCHESTRATOR_EVENTS",
+    "BENCH_AGENT_COMMANDS",
+    "BENCH_AGENT_RESPONSES",
+    "BENCH_PROJECTOR_DLQ",
+]
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+NEO4J_URI = os.environ.get("NEO4J_URI", "bolt://127.0.0.1:7687")
+VALKEY_URL = os.environ.get("VALKEY_URL", "redis://127.0.0.1:6379")
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Failed(Exception):
+    pass
+
+
+def sh(args, **kw):
+    """Runs a command; its stderr goes to the log; a non-zero exit is an error."""
+    log("$ " + " ".join(str(a) for a in args))
+    p = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, text=True, **kw)
+    if p.returncode != 0:
+        raise Failed(f"{args[0]} {args[1] if len(args) > 1 else ''} exited {p.returncode}")
+    return p.stdout
+
+
+class RssSampler:
+    """Samples a process's resident set every 0.25 s (peak and the curve over time)."""
+
+    def __init__(self, pid):
+        self.pid, self.samples, self.stop = pid, [], threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        t0 = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                text = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            m = re.search(r"VmRSS:\s+(\d+) kB", text)
+            if m:
+                self.samples.append((time.monotonic() - t0, int(m.group(1)) / 1024))
+            self.stop.wait(0.25)
+
+    def finish(self):
+        self.stop.set()
+        self.t.join()
+        mb = [m for _, m in self.samples]
+        if not mb:
+            return dict(peak_mb=None)
+        half = len(mb) // 2 or 1
+        return dict(
+            peak_mb=round(max(mb), 1),
+            first_half_peak_mb=round(max(mb[:half]), 1),
+            second_half_peak_mb=round(max(mb[half:] or mb), 1),
+            samples=len(mb),
+        )
+
+
+def timed_projector(binary, args, env):
+    """Runs projector with RSS sampling; returns (seconds, rss summary, stdout)."""
+    log("$ projector " + " ".join(args))
+    t0 = time.monotonic()
+    p = subprocess.Popen([binary, *args], stdout=subprocess.PIPE, text=True, env=env)
+    rss = RssSampler(p.pid)
+    out, _ = p.communicate()
+    secs = time.monotonic() - t0
+    summary = rss.finish()
+    if p.returncode != 0:
+        raise Failed(f"projector {args[0]} exited {p.returncode}")
+    return secs, summary, out
+
+
+async def reset():
+    """Empties every bench stream, generation and cache key: each run starts from nothing."""
+    import nats
+    import redis.asyncio as aioredis
+    from neo4j import AsyncGraphDatabase
+
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    for s in STREAMS:
+        try:
+            await js.delete_stream(s)
+        except Exception as e:
+            if "not found" not in str(e).lower():
+                raise
+    await nc.close()
+    driver = AsyncGraphDatabase.driver(NEO4J_URI, auth=None)
+    async with driver.session() as s:
+        await (await s.run("MATCH (p:GenerationPointer) WHERE p.id ENDS WITH 'bench.' DETACH DELETE p")).consume()
+        while True:
+            r = await s.run(
+                "MATCH (n) WHERE n.gen STARTS WITH 'bench' OR n.gen = 'seeds-peer' "
+                "WITH n LIMIT 20000 DETACH DELETE n RETURN count(*) AS c"
+            )
+            if (await r.single())["c"] == 0:
+                break
+        r = await s.run("CALL dbms.components() YIELD versions, edition")
+        rec = await r.single()
+        versions = {"neo4j": f"{rec['versions'][0]} {rec['edition']}"}
+    await driver.close()
+    cache = aioredis.from_url(VALKEY_URL)
+    for pat in ("bench:*", "seeds-peer:*"):
+        async for k in cache.scan_iter(match=pat, count=1000):
+            await cache.delete(k)
+    info = await cache.info("server")
+    versions["valkey"] = info.get("valkey_version", info.get("redis_version"))
+    await cache.aclose()
+    return versions
+
+
+def scrape(metrics_url):
+    """Cumulative bucket counts of projector_event_latency_seconds, summed over streams."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    buckets, count = {}, 0.0
+    for line in text.splitlines():
+        if line.startswith("projector_event_latency_seconds_bucket"):
+            le = re.search(r'le="([^"]+)"', line).group(1)
+            v = float(line.rsplit(" ", 1)[1])
+            buckets[le] = buckets.get(le, 0.0) + v
+        elif line.startswith("projector_event_latency_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return buckets, count
+
+
+def quantiles(before, after):
+    """p50/p99 (linear within a bucket, as Prometheus does) and the max's bucket bound, in ms."""
+    bounds = sorted((float("inf") if k == "+Inf" else float(k), k) for k in after)
+    cum = [(b, after[k] - before.get(k, 0.0)) for b, k in bounds]
+    total = cum[-1][1] if cum else 0
+    if total <= 0:
+        return dict(events=0)
+
+    def q(p):
+        rank, lo, prev = p * total, 0.0, 0.0
+        for b, c in cum:
+            if c >= rank:
+                if b == float("inf"):
+                    return lo * 1000
+                return (lo + (b - lo) * (rank - prev) / max(c - prev, 1e-9)) * 1000
+            lo, prev = b, c
+        return lo * 1000
+
+    top = next(b for b, c in cum if c >= total)
+    return dict(
+        events=int(total),
+        p50_ms=round(q(0.50), 2),
+        p99_ms=round(q(0.99), 2),
+        max_le_ms=None if top == float("inf") else round(top * 1000, 1),
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "projector"))
+    ap.add_argument("--stories", type=int, default=3530, help="stories to generate (~28.4 events each)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rates", default="200,1000", help="steady publish rates for scenario 5 (events/s)")
+    ap.add_argument("--load-seconds", type=int, default=60)
+    ap.add_argument("--seeds-max-seconds", type=float, default=300, help="time cap for the seeds peer")
+    ap.add_argument("--name", default="latest", help="results file name under bench/results/")
+    ap.add_argument("--metrics-port", type=int, default=19464)
+    args = ap.parse_args()
+
+    env = dict(os.environ, PROJECTOR_CONFIG=str(CONFIG), PROJECTOR_LOG=os.environ.get("PROJECTOR_LOG", "warn"))
+    b = args.binary
+    py = sys.executable
+    results = dict(
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=dict(
+            cores=os.cpu_count(),
+            memory_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            cpu=next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine()),
+        ),
+        params=dict(stories=args.stories, seed=args.seed, rates=args.rates, load_seconds=args.load_seconds),
+    )
+    versions = asyncio.run(reset())
+    versions["projector"] = sh([b, "--version"], env=env).strip()
+    versions["git"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    nats_bin = ROOT / ".local" / "venv" / "bin" / "nats-server"
+    if nats_bin.exists():
+        versions["nats"] = sh([nats_bin, "--version"]).strip()
+    results["versions"] = versions
+
+    sh([b, "streams", "ensure"], env=env)
+    out = sh([b, "bench", "gen", "--stories", args.stories, "--seed", args.seed, "--publish"], env=env)
+    events = int(re.search(r"published (\d+) events", out).group(1))
+    results["events"] = events
+    log(f"history: {events} events")
+
+    # 1. Catch-up.
+    secs, rss, _ = timed_projector(b, ["run", "--until-caught-up", "--metrics-addr", "off"], env)
+    results["catch_up"] = dict(seconds=round(secs, 2), events_per_s=round(events / secs), rss=rss)
+    log(f"catch-up: {events / secs:.0f} events/s, peak RSS {rss['peak_mb']} MB")
+    live_hash = json.loads(sh([b, "verify", "--json"], env=env))
+
+    # 2. Rebuild (replay into a fresh generation, then promote it).
+    secs, rss, _ = timed_projector(b, ["rebuild", "--name", "bench-rebuild", "--keep-old"], env)
+    rebuilt_hash = json.loads(sh([b, "verify", "--json", "--generation", "bench-rebuild"], env=env))
+    results["rebuild"] = dict(
+        seconds=round(secs, 2),
+        events_per_s=round(events / secs),
+        rss=rss,
+        same_hash_as_catch_up=live_hash["hash"] == rebuilt_hash["hash"],
+        nodes=rebuilt_hash.get("nodes"),
+        relationships=rebuilt_hash.get("relationships"),
+    )
+    log(f"rebuild: {events / secs:.0f} events/s, hash equal: {live_hash['hash'] == rebuilt_hash['hash']}")
+    if live_hash["hash"] != rebuilt_hash["hash"]:
+        raise Failed(f"rebuild hash {rebuilt_hash['hash']} differs from catch-up {live_hash['hash']}")
+
+    # 3. The seeds' approach.
+    out = sh([py, ROOT / "bench" / "seeds_peer.py", "--expect", events, "--max-seconds", args.seeds_max_seconds,
+              "--nats", NATS_URL, "--neo4j", NEO4J_URI, "--valkey", VALKEY_URL],
+             stderr=open(ROOT / "bench" / "results" / f"{args.name}.seeds-peer.log", "w"))
+    results["seeds_peer"] = json.loads(out.strip().splitlines()[-1])
+    log(f"seeds peer: {results['seeds_peer']['events_per_s']:.1f} events/s")
+
+    # 4. The sink's ceiling.
+    out = sh([b, "bench", "ceiling", "--stories", args.stories, "--seed", args.seed], env=env)
+    results["ceiling"] = json.loads(out.strip().splitlines()[-1])
+    log(f"ceiling: {results['ceiling']['events_per_s']:.0f} events/s")
+
+    # 5. Latency under steady load, with `run` live.
+    metrics = f"http://127.0.0.1:{args.metrics_port}/metrics"
+    log("$ projector run (live)")
+    live = subprocess.Popen([b, "run", "--metrics-addr", f"127.0.0.1:{args.metrics_port}"], env=env)
+    rss = RssSampler(live.pid)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{args.metrics_port}/readyz", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.2)
+        else:
+            raise Failed("live projector never became ready")
+        results["latency"] = []
+        first = 900001
+        for rate in [float(r) for r in args.rates.split(",")]:
+            before, count0 = scrape(metrics)
+            out = sh([b, "bench", "load", "--rate", rate, "--duration", f"{args.load_seconds}s",
+                      "--first-story", first, "--seed", args.seed], env=env)
+            load = json.loads(out.strip().splitlines()[-1])
+            # Wait until every published event is committed (lag 0) before reading the histogram.
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                after, count = scrape(metrics)
+                if count - count0 >= load["published"]:
+                    break
+                time.sleep(0.5)
+            else:
+                raise Failed(f"at {rate} events/s only {count - count0} of {load['published']} events committed")
+            row = dict(rate=rate, offered=load, **quantiles(before, after))
+            results["latency"].append(row)
+            log(f"latency @{rate:.0f}/s: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max <= {row['max_le_ms']} ms")
+            first += 50000
+    finally:
+        live.terminate()
+        live.wait(timeout=60)
+        results["live_rss"] = rss.finish()
+
+    # Targets, as issue #7 states them.
+    cu = results["catch_up"]["events_per_s"]
+    seeds = results["seeds_peer"]["events_per_s"]
+    ceil = results["ceiling"]["events_per_s"]
+    lat200 = next((r for r in results["latency"] if r["rate"] == 200), None)
+    rss_peak = max(x for x in [results["catch_up"]["rss"]["peak_mb"], results["live_rss"]["peak_mb"]] if x)
+    results["ratios"] = dict(catch_up_over_seeds=round(cu / seeds, 1), catch_up_over_ceiling=round(cu / ceil, 3),
+                             rebuild_over_catch_up=round(results["rebuild"]["events_per_s"] / cu, 2))
+    results["targets"] = dict(
+        seeds_30x=cu >= 30 * seeds,
+        ceiling_80pct=cu >= 0.8 * ceil,
+        replay_ge_catch_up=results["rebuild"]["events_per_s"] >= cu,
+        p99_lt_50ms_at_200=bool(lat200 and lat200["p99_ms"] < 50),
+        rss_lt_100mb=rss_peak < 100,
+    )
+    out_dir = ROOT / "bench" / "results"
+    (out_dir / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / f"{args.name}.md").write_text(table(results))
+    print(table(results))
+
+
+def table(r):
+    hit = lambda ok: "hit" if ok else "**miss**"
+    t = r["targets"]
+    lines = [
+        f"Run {r['started']} on {r['machine']['cores']} cores, {r['machine']['memory_gib']} GiB ({r['machine']['cpu']}); "
+        f"{r['events']} events ({r['params']['stories']} stories, seed {r['params']['seed']}).",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+        "",
+        "| Scenario | Result | Target | |",
+        "|---|---|---|---|",
+        f"| 1. Catch-up, empty graph to lag 0 | {r['catch_up']['events_per_s']} events/s ({r['catch_up']['seconds']} s) | | |",
+        f"| 2. Rebuild of the same events | {r['rebuild']['events_per_s']} events/s ({r['rebuild']['seconds']} s), same hash: {r['rebuild']['same_hash_as_catch_up']} | >= catch-up | {hit(t['replay_ge_catch_up'])} |",
+        f"| 3. Seeds' approach (bench/seeds_peer.py) | {r['seeds_peer']['events_per_s']:.1f} events/s ({r['seeds_peer']['events']} events in {r['seeds_peer']['seconds']:.0f} s) | catch-up >= 30x: {r['ratios']['catch_up_over_seeds']}x | {hit(t['seeds_30x'])} |",
+        f"| 4. Sink ceiling (bare UNWIND batches) | {r['ceiling']['events_per_s']:.0f} events/s, {r['ceiling']['rows_per_s']:.0f} rows/s | catch-up >= 80%: {r['ratios']['catch_up_over_ceiling'] * 100:.0f}% | {hit(t['ceiling_80pct'])} |",
+    ]
+    for row in r["latency"]:
+        target = "p99 < 50 ms" if row["rate"] == 200 else ""
+        verdict = hit(t["p99_lt_50ms_at_200"]) if row["rate"] == 200 else ""
+        lines.append(
+            f"| 5. Latency at {row['rate']:.0f} events/s for {r['params']['load_seconds']} s (publish to commit) | "
+            f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max <= {row['max_le_ms']} ms ({row['events']} events, offered {row['offered']['rate']:.0f}/s) | {target} | {verdict} |"
+        )
+    cr, lr = r["catch_up"]["rss"], r["live_rss"]
+    lines.append(
+        f"| 6. Peak RSS | catch-up {cr['peak_mb']} MB (first half {cr.get('first_half_peak_mb')}, second half {cr.get('second_half_peak_mb')}); "
+        f"live under load {lr['peak_mb']} MB (first half {lr.get('first_half_peak_mb')}, second half {lr.get('second_half_peak_mb')}) | < 100 MB, flat | {hit(t['rss_lt_100mb'])} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Failed as e:
+        log(f"error: {e}")
+        sys.exit(1)
