@@ -98,6 +98,15 @@ pub struct Neo4jConfig {
     pub uri: String,
     pub user: String,
     pub password: String,
+    /// Graph transactions this process runs at once, across all its workers. The streams
+    /// share stories, so concurrent batches wait on each other's node locks (and deadlock);
+    /// one writer at a time is faster on a small Neo4j. See docs/decisions.md.
+    #[serde(default = "one")]
+    pub max_concurrent_writes: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 // Secrets never reach logs: Debug hides the password.
@@ -107,6 +116,7 @@ impl std::fmt::Debug for Neo4jConfig {
             .field("uri", &self.uri)
             .field("user", &self.user)
             .field("password", &"<redacted>")
+            .field("max_concurrent_writes", &self.max_concurrent_writes)
             .finish()
     }
 }

@@ -62,6 +62,9 @@ pub async fn connect(cfg: &Config, health: Health, metrics: Metrics) -> Result<S
         metrics,
         health,
         blocked: Arc::new(Mutex::new(BTreeMap::new())),
+        graph_gate: Arc::new(tokio::sync::Semaphore::new(
+            cfg.neo4j.max_concurrent_writes.max(1),
+        )),
     })
 }
 

@@ -79,6 +79,8 @@ pub struct Shared {
     pub health: Health,
     /// Stories with a parked event, per projector: later events of theirs are parked behind it.
     pub blocked: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Admits graph transactions (`[neo4j] max_concurrent_writes` at a time).
+    pub graph_gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// How a worker ended.
@@ -814,12 +816,17 @@ impl Worker {
         };
         let gen = self.cfg.generation.clone();
         let graph = self.sh.graph.clone();
+        let gate = self.sh.graph_gate.clone();
         if !self.cfg.publish_outbound {
             outbound.clear();
         }
         let res = self
-            .retry("commit batch to Neo4j", items, || {
-                graph.commit_batch(&gen, &batch, &parked, &outbound, &mv)
+            .retry("commit batch to Neo4j", items, || async {
+                // Held for the transaction only, not across retry back-offs.
+                let _turn = gate.acquire().await.expect("the gate is never closed");
+                graph
+                    .commit_batch(&gen, &batch, &parked, &outbound, &mv)
+                    .await
             })
             .await;
         if let Err(WriteError::CheckpointMoved { .. }) = &res {
