@@ -236,3 +236,43 @@ async fn rebuild_while_run_keeps_projecting_switches_with_no_empty_moment() {
     );
     assert_eq!(run.terminate(), Some(0));
 }
+
+/// Big batches go as one statement, small ones as a statement per group
+/// (`engine::sink::graph::ONE_STATEMENT_MIN_ROWS`): both must write the same graph.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_statement_batches_and_per_group_batches_write_the_same_graph() {
+    let (t, js) = setup().await;
+    let h = engine::history::generate(12, 5);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &h, 5)
+        .await
+        .unwrap();
+    let traced = |gen: &str, batch: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+            .arg("--config")
+            .arg(&t.path)
+            .args(["--log-format", "json", "run", "--until-caught-up"])
+            .args(["--metrics-addr", "off", "--generation", gen])
+            .args(["--batch-size", batch])
+            .env("PROJECTOR_LOG", "warn,engine::sink::graph=trace")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let small = format!("{}-small", t.tag);
+    let log = traced(&small, "2");
+    assert!(log.contains("\"statement\""), "per-group statements ran");
+    assert!(
+        !log.contains("batch statement"),
+        "no batch reached 200 rows"
+    );
+    let big = format!("{}-big", t.tag);
+    let log = traced(&big, "5000");
+    assert!(
+        log.contains("batch statement"),
+        "the one-statement path ran"
+    );
+    let (a, b) = (t.digest(&small), t.digest(&big));
+    assert!(a.1 > 200, "{a:?}");
+    assert_eq!(a, b);
+}

@@ -795,6 +795,7 @@ impl Worker {
             }
         }
         // 2. One Neo4j transaction: graph writes, parked records, checkpoint.
+        let t0 = Instant::now();
         let mut batch = CompactBatch::default();
         let mut stories: BTreeSet<String> = BTreeSet::new();
         let mut outbound = Vec::new();
@@ -834,6 +835,7 @@ impl Worker {
             return res;
         }
         res?;
+        let graph_ms = t0.elapsed().as_secs_f64() * 1e3;
         self.checkpoint = last;
         for p in &parked {
             if let Some(s) = &p.story_id {
@@ -869,8 +871,10 @@ impl Worker {
             }
         })
         .await?;
+        let cache_ms = t0.elapsed().as_secs_f64() * 1e3 - graph_ms;
         // 4. Outbound events from the outbox, deduplicated by their deterministic message id.
         self.publish_outbox(&outbound, items).await?;
+        tracing::trace!(worker = %self.name, events = items.len(), graph_ms, cache_ms, total_ms = t0.elapsed().as_secs_f64() * 1e3, "commit phases");
         Ok(())
     }
 

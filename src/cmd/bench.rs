@@ -72,7 +72,10 @@ async fn load(cfg: &Config, a: LoadArgs) -> Result<ExitCode, CliError> {
                 Ok(_) => waits.push(Instant::now().duration_since(sent)),
                 Err(e) => {
                     failed += 1;
-                    eprintln!("publish not confirmed: {e}");
+                    // The first few say why; the count says how many.
+                    if failed <= 3 {
+                        eprintln!("publish not confirmed: {e}");
+                    }
                 }
             }
         }

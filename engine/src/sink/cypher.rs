@@ -57,6 +57,12 @@ pub fn schema() -> Vec<String> {
 /// assert!(q.contains("n.status = row.p.status"));
 /// ```
 pub fn node_upsert(group: Group) -> String {
+    node_body(group, "$rows", "")
+}
+
+/// [`node_upsert`] reading `rows` and naming its two result columns `rows{tag}` and
+/// `confirmed{tag}`, so that many of them can share one statement.
+fn node_body(group: Group, rows: &str, tag: &str) -> String {
     let label = group.label().as_str();
     let v = group.version_prop();
     let sets: Vec<String> = group
@@ -65,7 +71,7 @@ pub fn node_upsert(group: Group) -> String {
         .map(|p| format!("n.{p} = row.p.{p}"))
         .collect();
     format!(
-        "UNWIND $rows AS row \
+        "UNWIND {rows} AS row \
          MERGE (n:{label} {{gen: $gen, id: row.id}}) \
          SET n._lock = true \
          FOREACH (_ IN CASE WHEN n.{v} IS NULL OR n.{v} <= row.v THEN [1] ELSE [] END | \
@@ -73,7 +79,7 @@ pub fn node_upsert(group: Group) -> String {
          FOREACH (_ IN CASE WHEN n.last_v IS NULL OR n.last_v <= row.v THEN [1] ELSE [] END | \
            SET n.last_v = row.v, n.last_seq = row.seq, n.last_stream = row.stream, n.last_event_time_ms = row.t) \
          REMOVE n._lock \
-         RETURN count(*) AS rows, sum(CASE WHEN n.{v} >= row.v THEN 1 ELSE 0 END) AS confirmed",
+         RETURN count(*) AS rows{tag}, sum(CASE WHEN n.{v} >= row.v THEN 1 ELSE 0 END) AS confirmed{tag}",
         sets = sets.join(", ")
     )
 }
@@ -85,8 +91,12 @@ pub fn node_upsert(group: Group) -> String {
 /// assert!(q.contains("MERGE (a)-[r:HAS_TASK]->(b)"));
 /// ```
 pub fn rel_upsert(rel: Rel) -> String {
+    rel_body(rel, "$rows", "")
+}
+
+fn rel_body(rel: Rel, rows: &str, tag: &str) -> String {
     format!(
-        "UNWIND $rows AS row \
+        "UNWIND {rows} AS row \
          MERGE (a:{from} {{gen: $gen, id: row.from}}) \
          MERGE (b:{to} {{gen: $gen, id: row.to}}) \
          MERGE (a)-[r:{ty}]->(b) \
@@ -94,11 +104,57 @@ pub fn rel_upsert(rel: Rel) -> String {
          FOREACH (_ IN CASE WHEN r.last_v IS NULL OR r.last_v <= row.v THEN [1] ELSE [] END | \
            SET r.last_v = row.v, r.last_seq = row.seq, r.last_stream = row.stream, r.last_event_time_ms = row.t) \
          REMOVE r._lock \
-         RETURN count(*) AS rows, sum(CASE WHEN r.last_v >= row.v THEN 1 ELSE 0 END) AS confirmed",
+         RETURN count(*) AS rows{tag}, sum(CASE WHEN r.last_v >= row.v THEN 1 ELSE 0 END) AS confirmed{tag}",
         from = rel.from_label().as_str(),
         to = rel.to_label().as_str(),
         ty = rel.rel_type()
     )
+}
+
+/// Every graph write of a batch in one statement, so a batch costs one round trip whatever
+/// it holds. Node groups come first (in [`Group::ALL`] order), then relationships (in
+/// [`Rel::ALL`] order), then the story revisions; each reads its own rows from the one map
+/// parameter `$batch` (keys `n_<Group>`, `r_<Rel>`, `stories`; empty lists for what the
+/// batch lacks) and returns `rows_<name>` and `confirmed_<name>`. Neither the text nor the
+/// parameter types ever change, so Neo4j plans it once per server: separate list
+/// parameters, some empty, gave a new type signature and a 3 s re-plan per combination.
+///
+/// ```
+/// let q = engine::sink::cypher::batch_upsert();
+/// assert!(q.contains("UNWIND $batch.n_TaskStatus AS row"));
+/// assert!(q.contains("confirmed_r_StoryTask"));
+/// assert!(q.contains("rows_stories"));
+/// ```
+pub fn batch_upsert() -> &'static str {
+    static Q: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    Q.get_or_init(|| {
+        let mut parts = Vec::new();
+        let mut cols = Vec::new();
+        for g in Group::ALL {
+            let name = format!("n_{g:?}");
+            parts.push(format!(
+                "CALL {{ {} }}",
+                node_body(*g, &format!("$batch.{name}"), &format!("_{name}"))
+            ));
+            cols.push(format!("rows_{name}, confirmed_{name}"));
+        }
+        for r in Rel::ALL {
+            let name = format!("r_{r:?}");
+            parts.push(format!(
+                "CALL {{ {} }}",
+                rel_body(*r, &format!("$batch.{name}"), &format!("_{name}"))
+            ));
+            cols.push(format!("rows_{name}, confirmed_{name}"));
+        }
+        parts.push(format!(
+            "CALL {{ {} }}",
+            STORY_REV_BUMP
+                .replace("AS rows", "AS rows_stories")
+                .replace("$ids", "$batch.stories")
+        ));
+        cols.push("rows_stories".into());
+        format!("{} RETURN {}", parts.join(" "), cols.join(", "))
+    })
 }
 
 /// Advances a checkpoint only from the position the writer read (optimistic concurrency):
