@@ -240,12 +240,24 @@ impl GraphSink {
         move |e| WriteError::from_neo4j(&self.uri, e)
     }
 
-    /// Creates constraints and indexes (idempotent). Run at start.
+    /// Creates constraints and indexes (idempotent) and has the batch statement planned. Run
+    /// at start.
     pub async fn ensure_schema(&self) -> Result<(), WriteError> {
         for stmt in cypher::schema() {
             self.graph.run(query(&stmt)).await.map_err(self.err())?;
         }
-        Ok(())
+        self.warm_up().await
+    }
+
+    /// Has Neo4j plan the batch statement now (an empty batch, rolled back): planning it
+    /// takes seconds, and the first big batch of a live run should not wait for that.
+    pub async fn warm_up(&self) -> Result<(), WriteError> {
+        let mut txn = self.graph.start_txn().await.map_err(self.err())?;
+        let res = self
+            .write_ops_one(&mut txn, "warm-up", &CompactBatch::default())
+            .await;
+        let _ = txn.rollback().await;
+        res
     }
 
     /// A cheap round trip, for readiness.
@@ -479,6 +491,15 @@ impl GraphSink {
         if batch.rows() < ONE_STATEMENT_MIN_ROWS {
             return self.write_ops_each(txn, gen, batch).await;
         }
+        self.write_ops_one(txn, gen, batch).await
+    }
+
+    async fn write_ops_one(
+        &self,
+        txn: &mut neo4rs::Txn,
+        gen: &str,
+        batch: &CompactBatch,
+    ) -> Result<(), WriteError> {
         // One statement for the whole batch (cypher::batch_upsert): node groups before
         // relationships, so relationship MERGEs find filled nodes.
         let started = std::time::Instant::now();

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""The fault-injection suite (issue #8), against the real local stack. Use `dev/faults`.
+
+One history (generated events plus a 1% poison mix: truncated, non-JSON, wrong-typed,
+missing-field and unknown-subject messages, and good events in MessagePack), a live
+`projector run`, and faults while it writes:
+
+  crashes   kill -9 of the projector at random moments (seeded), restarted each time
+  nats      NATS restarted (SIGTERM, start again on the same store)
+  neo4j     Neo4j killed with SIGKILL and started again (store recovery)
+  valkey    Valkey restarted
+  stall     Neo4j frozen with SIGSTOP for --stall-seconds, then SIGCONT
+
+Before each fault a burst of new events is published so the projector is writing when it
+hits. After all of them, the invariants of issue #8 are checked:
+
+  - `projector verify --against-rebuild`: the live graph equals a clean rebuild
+  - every poison message is parked with a reason, and nothing else is parked
+  - each deliberation.completed gave exactly one context.updated (no doubled outbound)
+  - the projector is still running and /readyz says ready
+
+Writes .local/faults/<name>.json and prints a markdown summary. Exit 1 if any invariant
+fails.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".local" / "faults"
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+NEO4J_URI = os.environ.get("NEO4J_URI", "bolt://127.0.0.1:7687")
+VALKEY_URL = os.environ.get("VALKEY_URL", "redis://127.0.0.1:6379")
+RUN_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".local")) / "run"
+PREFIX = "faults."
+
+
+def log(msg):
+    print(f"faults: {msg}", file=sys.stderr, flush=True)
+
+
+class Failed(Exception):
+    pass
+
+
+def config():
+    """The bench config with its own names: this suite never touches other data."""
+    text = (ROOT / "bench" / "projector.toml").read_text()
+    text = text.replace("BENCH_", "FAULTS_").replace('"bench.', '"faults.').replace('"bench:', '"faults:')
+    text = text.replace("bench-main", "faults-main")
+    path = WORK / "projector.toml"
+    path.write_text(text)
+    return path
+
+
+def sh(args, env, check=True):
+    p = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if check and p.returncode != 0:
+        raise Failed(f"{' '.join(str(a) for a in args[:3])} exited {p.returncode}: {p.stderr.strip()[-400:]}")
+    return p
+
+
+def stack(*args):
+    subprocess.run([ROOT / "dev" / "stack", *args], check=True, stdout=sys.stderr)
+
+
+def pid_of(service):
+    return int((RUN_DIR / f"{service}.pid").read_text().strip())
+
+
+async def reset(streams):
+    import nats
+    import redis.asyncio as aioredis
+    from neo4j import AsyncGraphDatabase
+
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    for s in streams:
+        try:
+            await js.delete_stream(s)
+        except Exception as e:
+            if "not found" not in str(e).lower():
+                raise
+    await nc.close()
+    driver = AsyncGraphDatabase.driver(NEO4J_URI, auth=None)
+    async with driver.session() as s:
+        await (await s.run("MATCH (p:GenerationPointer) WHERE p.id ENDS WITH $p DETACH DELETE p", p=PREFIX)).consume()
+        while True:
+            r = await s.run("MATCH (n) WHERE n.gen STARTS WITH 'faults' WITH n LIMIT 20000 DETACH DELETE n RETURN count(*) AS c")
+            if (await r.single())["c"] == 0:
+                break
+    await driver.close()
+    cache = aioredis.from_url(VALKEY_URL)
+    async for k in cache.scan_iter(match="faults:*", count=1000):
+        await cache.delete(k)
+    await cache.aclose()
+
+
+def poison(n, seed):
+    """n bad messages (subject, payload, headers) and the good MessagePack ones, each on its
+    own story: a parked event holds back its story's later events, by design."""
+    import msgpack
+
+    rng = random.Random(seed)
+    bad, good = [], []
+    for i in range(n):
+        story = f"US-BAD-{i:04d}"
+        kind = i % 6
+        if kind == 0:  # truncated JSON
+            bad.append(("planning.story.created", f'{{"story_id": "{story}", "title": "cut'.encode(), None))
+        elif kind == 1:  # not JSON at all
+            bad.append(("planning.plan.approved", bytes(rng.randrange(256) for _ in range(40)), None))
+        elif kind == 2:  # wrong type: plan_id must be a string
+            bad.append(("planning.plan.approved", json.dumps({"story_id": story, "plan_id": 42, "approved_by": "po"}).encode(), None))
+        elif kind == 3:  # missing a required field
+            bad.append(("planning.task.created", json.dumps({"story_id": story, "title": "no task id"}).encode(), None))
+        elif kind == 4:  # a subject the catalog does not have
+            bad.append(("planning.story.exploded", json.dumps({"story_id": story}).encode(), None))
+        else:  # says MessagePack, is JSON
+            bad.append(("planning.story.created", json.dumps({"story_id": story, "title": "x", "created_by": "po"}).encode(),
+                        {"Content-Type": "application/msgpack"}))
+        mp_story = f"US-MP-{i:04d}"
+        good.append(("planning.story.created",
+                      msgpack.packb({"story_id": mp_story, "title": f"msgpack story {i}", "created_by": "po-mp",
+                                     "timestamp": "2026-02-01T00:00:00Z"}),
+                      {"Content-Type": "application/msgpack"}))
+    return bad, good
+
+
+async def publish_raw(messages):
+    import nats
+
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    for subject, payload, headers in messages:
+        await js.publish(PREFIX + subject, payload, headers=headers)
+    await nc.close()
+
+
+async def outbound_counts(streams):
+    """(context.updated messages, deliberation.completed messages) in the streams."""
+    import nats
+
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    ctx = await js.stream_info(streams["context"], subjects_filter=PREFIX + "context.updated")
+    orch = await js.stream_info(streams["orchestration"], subjects_filter=PREFIX + "orchestration.deliberation.completed")
+    await nc.close()
+    count = lambda info: sum((info.state.subjects or {}).values())
+    return count(ctx), count(orch)
+
+
+class Projector:
+    """The live `projector run`, restartable; its stderr is appended to one log."""
+
+    def __init__(self, binary, env, port):
+        self.binary, self.env, self.port = binary, env, port
+        self.log = open(WORK / "run.log", "a")
+        self.p = None
+
+    def start(self):
+        self.p = subprocess.Popen([self.binary, "run", "--metrics-addr", f"127.0.0.1:{self.port}"],
+                                  env=self.env, stdout=self.log, stderr=self.log)
+
+    def kill9(self):
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+    def alive(self):
+        return self.p is not None and self.p.poll() is None
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except Exception:
+            return None, ""
+
+    def lag(self):
+        status, text = self.get("/metrics")
+        if status != 200:
+            return None
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("projector_lag{"))
+
+    def wait_caught_up(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise Failed(f"projector exited ({self.p.returncode}); see {WORK / 'run.log'}")
+            status, _ = self.get("/readyz")
+            if status == 200 and self.lag() == 0:
+                return
+            time.sleep(0.5)
+        raise Failed(f"projector not caught up within {timeout}s (lag {self.lag()})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "projector"))
+    ap.add_argument("--stories", type=int, default=720, help="stories in the first history (~28 events each)")
+    ap.add_argument("--crashes", type=int, default=20)
+    ap.add_argument("--burst", type=int, default=3000, help="events published before each fault")
+    ap.add_argument("--stall-seconds", type=float, default=70, help="SIGSTOP length (ack wait is 60 s)")
+    ap.add_argument("--seed", type=int, default=8)
+    ap.add_argument("--name", default="latest")
+    ap.add_argument("--port", type=int, default=19470)
+    args = ap.parse_args()
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "run.log").write_text("")
+    cfg = config()
+    env = dict(os.environ, PROJECTOR_CONFIG=str(cfg), PROJECTOR_LOG=os.environ.get("PROJECTOR_LOG", "info"))
+    b = args.binary
+    streams = {"planning": "FAULTS_PLANNING_EVENTS", "context": "FAULTS_CONTEXT_EVENTS",
+               "orchestration": "FAULTS_ORCHESTRATOR_EVENTS", "commands": "FAULTS_AGENT_COMMANDS",
+               "responses": "FAULTS_AGENT_RESPONSES", "dlq": "FAULTS_PROJECTOR_DLQ"}
+    rng = random.Random(args.seed)
+    asyncio.run(reset(list(streams.values())))
+    sh([b, "streams", "ensure"], env)
+    out = sh([b, "bench", "gen", "--stories", args.stories, "--seed", args.seed, "--publish"], env).stdout
+    events = int(re.search(r"published (\d+) events", out).group(1))
+    n_bad = max(6, events // 100)
+    bad, good = poison(n_bad, args.seed)
+    # Interleave: poison and MessagePack messages land among the generated ones' sequences.
+    asyncio.run(publish_raw([m for pair in zip(bad, good) for m in pair]))
+    log(f"history: {events} generated events, {len(bad)} poison, {len(good)} good MessagePack")
+
+    results = dict(events=events, poison=len(bad), msgpack_good=len(good), faults=[])
+    proj = Projector(b, env, args.port)
+    proj.start()
+    try:
+        run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_bad)
+    finally:
+        if proj.alive():
+            proj.p.terminate()
+            proj.p.wait(timeout=60)
+
+
+def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_bad):
+    next_story = 600001
+
+    def burst():
+        nonlocal next_story
+        rate = 3000
+        secs = max(1, args.burst // rate)
+        p = sh([b, "bench", "load", "--rate", rate, "--duration", f"{secs}s", "--first-story", next_story,
+                "--seed", args.seed], env)
+        next_story += 5000
+        return json.loads(p.stdout.strip().splitlines()[-1])["published"]
+
+    published = events + len(bad) + len(good)
+    # 1. Crashes at random moments while catching up and under bursts.
+    for i in range(args.crashes):
+        if i % 4 == 0:
+            published += burst()
+        time.sleep(rng.uniform(0.2, 2.5))
+        proj.kill9()
+        proj.start()
+    results["faults"].append(dict(fault="projector kill -9", count=args.crashes))
+    log(f"{args.crashes} crashes done")
+
+    # 2. Server faults, each right after a burst, so the projector is writing.
+    def server_fault(name, action):
+        nonlocal published
+        published += burst()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        action()
+        results["faults"].append(dict(fault=name, count=1, seconds=round(time.monotonic() - t0, 1)))
+        log(f"{name} done")
+
+    server_fault("NATS restart", lambda: stack("restart", "nats"))
+
+    def neo4j_kill():
+        os.kill(pid_of("neo4j"), signal.SIGKILL)
+        time.sleep(1)
+        stack("start", "neo4j")
+
+    server_fault("Neo4j kill -9 and restart", neo4j_kill)
+    server_fault("Valkey restart", lambda: stack("restart", "valkey"))
+
+    def stall():
+        pid = pid_of("neo4j")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(args.stall_seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    server_fault(f"Neo4j SIGSTOP {args.stall_seconds:.0f} s", stall)
+
+    # 3. The invariants.
+    proj.wait_caught_up(600)
+    checks = {}
+    v = sh([b, "verify", "--against-rebuild"], env, check=False)
+    checks["live graph equals a clean rebuild"] = v.returncode == 0
+    if v.returncode != 0:
+        log(v.stdout + v.stderr)
+    parked = json.loads(sh([b, "dlq", "list", "--json"], env).stdout)
+    # Poison whose story id cannot be read (truncated, not JSON) is parked with none.
+    parked_stories = [p["story_id"] for p in parked]
+    parked_subjects = sorted(p["subject"].removeprefix(PREFIX) for p in parked)
+    checks["every poison message parked, with a reason"] = (
+        parked_subjects == sorted(m[0] for m in bad) and all(p["reason"] for p in parked))
+    checks["no good event parked"] = all(s is None or s.startswith("US-BAD-") for s in parked_stories)
+    ctx, delib = asyncio.run(outbound_counts(streams))
+    checks["one context.updated per deliberation.completed"] = ctx == delib
+    status, _ = proj.get("/readyz")
+    checks["projector running and ready"] = proj.alive() and status == 200
+    results.update(published=published, parked=len(parked), context_updated=ctx, deliberations=delib, checks=checks)
+    (WORK / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(summary(results))
+    if not all(checks.values()):
+        raise Failed("invariant failed: " + ", ".join(k for k, ok in checks.items() if not ok))
+
+
+def summary(r):
+    lines = [f"{r['published']} messages published ({r['events']} generated first, bursts during the faults, "
+             f"{r['poison']} poison, {r['msgpack_good']} good MessagePack).", "",
+             "| fault | injected |", "|---|---|"]
+    for f in r["faults"]:
+        lines.append(f"| {f['fault']} | {f['count']} |")
+    lines += ["", "| invariant | result |", "|---|---|"]
+    for k, ok in r["checks"].items():
+        lines.append(f"| {k} | {'ok' if ok else '**FAILED**'} |")
+    lines.append(f"\nParked: {r['parked']} (poison: {r['poison']}); context.updated: {r['context_updated']} for "
+                 f"{r['deliberations']} deliberation.completed.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Failed as e:
+        log(f"error: {e}")
+        sys.exit(1)
