@@ -161,6 +161,18 @@ def scrape(metrics_url):
     return buckets, count
 
 
+def wait_lag_zero(metrics_url, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+        lag = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("projector_lag{"))
+        if lag == 0:
+            time.sleep(2)  # let the last batch's metrics land
+            return
+        time.sleep(0.5)
+    raise Failed(f"live projector still lagging after {timeout}s")
+
+
 def quantiles(before, after):
     """p50/p99 (linear within a bucket, as Prometheus does) and the max's bucket bound, in ms."""
     bounds = sorted((float("inf") if k == "+Inf" else float(k), k) for k in after)
@@ -276,6 +288,9 @@ def main():
         results["latency"] = []
         first = 900001
         for rate in [float(r) for r in args.rates.split(",")]:
+            # Start from lag 0: a backlog (e.g. the context.updated events earlier runs
+            # published) would count minutes-old messages as latency.
+            wait_lag_zero(metrics)
             before, count0 = scrape(metrics)
             out = sh([b, "bench", "load", "--rate", rate, "--duration", f"{args.load_seconds}s",
                       "--first-story", first, "--seed", args.seed], env=env)
