@@ -318,6 +318,53 @@ async fn outbound_context_updated_is_published_once_after_commit() {
     );
 }
 
+/// A run killed between its Neo4j commit and the publish leaves the outbound event in the
+/// outbox; its input is already checkpointed, so only the outbox can still deliver it. The
+/// next start publishes it (same message id) and clears the entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_left_by_a_crashed_run_is_published_at_the_next_start() {
+    let (t, js) = setup().await;
+    let orch = t.stream("ORCHESTRATOR_EVENTS");
+    let msg_id = format!("projector:{orch}:7:context.updated");
+    // What the killed run committed: the entry, as the batch transaction writes it.
+    let g = neo4j(&t.cfg);
+    g.run(
+        neo4rs::query(
+            "CREATE (:Outbox {gen: $gen, id: $id, projector: 'graph', stream: $stream, \
+             subject: 'context.updated', payload: $payload})",
+        )
+        .param("gen", t.main_gen())
+        .param("id", msg_id.as_str())
+        .param("stream", orch.as_str())
+        .param("payload", r#"{"story_id":"US-O","decision_ids":["D-9"]}"#),
+    )
+    .await
+    .unwrap();
+    let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not confirmed as published"),
+        "the drain is logged:\n{}",
+        stderr(&out)
+    );
+    let mut ctx = js.get_stream(t.stream("CONTEXT_EVENTS")).await.unwrap();
+    assert_eq!(ctx.info().await.unwrap().state.messages, 1);
+    let m = ctx.get_raw_message(1).await.unwrap();
+    assert_eq!(m.subject.as_str(), t.subject("context.updated"));
+    assert_eq!(m.headers.get("Nats-Msg-Id").unwrap().as_str(), msg_id);
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["decision_ids"], serde_json::json!(["D-9"]));
+    assert_eq!(
+        count_nodes(&g, &t.main_gen(), "Outbox", "subject", "context.updated").await,
+        0,
+        "the entry is cleared once the publish is confirmed"
+    );
+    // A second start finds nothing to drain and publishes nothing more.
+    let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ctx.info().await.unwrap().state.messages, 1);
+}
+
 #[test]
 fn unknown_projector_is_a_usage_error() {
     let t = TestConfig::new();

@@ -307,6 +307,9 @@ impl Worker {
             self.repair_cache()
                 .await
                 .map_err(|e| fatal(&self.cfg.stream, e))?;
+            self.drain_outbox()
+                .await
+                .map_err(|e| fatal(&self.cfg.stream, e))?;
             let consumer = {
                 let js = self.sh.js.clone();
                 let stream = self.cfg.stream.clone();
@@ -1073,6 +1076,27 @@ impl Worker {
     }
 
     /// Brings the Valkey side up to the Neo4j checkpoint after a crash between the two.
+    /// Publishes what a previous run committed to the outbox but did not confirm as published
+    /// (a crash or a failed publish between the Neo4j commit and the outbox delete). Without
+    /// this, those outbound events would be lost: their input is already checkpointed.
+    async fn drain_outbox(&mut self) -> Result<(), WriteError> {
+        let (graph, gen, key) = (
+            self.sh.graph.clone(),
+            self.cfg.generation.clone(),
+            self.key.clone(),
+        );
+        let pending = self
+            .retry("read pending outbox", &[], || {
+                graph.outbox_pending(&gen, &key)
+            })
+            .await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(worker = %self.name, pending = pending.len(), "publishing outbound events committed by an earlier run but not confirmed as published");
+        self.publish_outbox(&pending, &[]).await
+    }
+
     async fn repair_cache(&mut self) -> Result<(), WriteError> {
         let gen = self.cfg.generation.clone();
         let key = self.key.clone();
