@@ -27,6 +27,9 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dev"))
+import stackreset  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "projector.toml"
 STREAMS = [
@@ -110,41 +113,8 @@ def timed_projector(binary, args, env):
 
 async def reset():
     """Empties every bench stream, generation and cache key: each run starts from nothing."""
-    import nats
-    import redis.asyncio as aioredis
-    from neo4j import AsyncGraphDatabase
-
-    nc = await nats.connect(NATS_URL)
-    js = nc.jetstream()
-    for s in STREAMS:
-        try:
-            await js.delete_stream(s)
-        except Exception as e:
-            if "not found" not in str(e).lower():
-                raise
-    await nc.close()
-    driver = AsyncGraphDatabase.driver(NEO4J_URI, auth=None)
-    async with driver.session() as s:
-        await (await s.run("MATCH (p:GenerationPointer) WHERE p.id ENDS WITH 'bench.' DETACH DELETE p")).consume()
-        while True:
-            r = await s.run(
-                "MATCH (n) WHERE n.gen STARTS WITH 'bench' OR n.gen = 'seeds-peer' "
-                "WITH n LIMIT 20000 DETACH DELETE n RETURN count(*) AS c"
-            )
-            if (await r.single())["c"] == 0:
-                break
-        r = await s.run("CALL dbms.components() YIELD versions, edition")
-        rec = await r.single()
-        versions = {"neo4j": f"{rec['versions'][0]} {rec['edition']}"}
-    await driver.close()
-    cache = aioredis.from_url(VALKEY_URL)
-    for pat in ("bench:*", "seeds-peer:*"):
-        async for k in cache.scan_iter(match=pat, count=1000):
-            await cache.delete(k)
-    info = await cache.info("server")
-    versions["valkey"] = info.get("valkey_version", info.get("redis_version"))
-    await cache.aclose()
-    return versions
+    return await stackreset.reset(NATS_URL, NEO4J_URI, VALKEY_URL, STREAMS, "bench.",
+                                  ["bench", "seeds-peer"], ["bench:", "seeds-peer:"])
 
 
 def scrape(metrics_url):

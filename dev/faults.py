@@ -12,7 +12,10 @@ missing-field and unknown-subject messages, and good events in MessagePack), a l
   stall     Neo4j frozen with SIGSTOP for --stall-seconds, then SIGCONT
 
 Before each fault a burst of new events is published so the projector is writing when it
-hits. After all of them, the invariants of issue #8 are checked:
+hits. Then a second scenario on a 3-node JetStream cluster (three nats-server processes on
+loopback, R3 streams; the projector given the three URLs): the planning stream's leader is
+killed with SIGKILL while the projector catches up, events are published to the two
+survivors, and the node is restarted. After each scenario, the invariants of issue #8:
 
   - `projector verify --against-rebuild`: the live graph equals a clean rebuild
   - every poison message is parked with a reason, and nothing else is parked
@@ -35,6 +38,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stackreset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".local" / "faults"
@@ -78,32 +84,8 @@ def pid_of(service):
     return int((RUN_DIR / f"{service}.pid").read_text().strip())
 
 
-async def reset(streams):
-    import nats
-    import redis.asyncio as aioredis
-    from neo4j import AsyncGraphDatabase
-
-    nc = await nats.connect(NATS_URL)
-    js = nc.jetstream()
-    for s in streams:
-        try:
-            await js.delete_stream(s)
-        except Exception as e:
-            if "not found" not in str(e).lower():
-                raise
-    await nc.close()
-    driver = AsyncGraphDatabase.driver(NEO4J_URI, auth=None)
-    async with driver.session() as s:
-        await (await s.run("MATCH (p:GenerationPointer) WHERE p.id ENDS WITH $p DETACH DELETE p", p=PREFIX)).consume()
-        while True:
-            r = await s.run("MATCH (n) WHERE n.gen STARTS WITH 'faults' WITH n LIMIT 20000 DETACH DELETE n RETURN count(*) AS c")
-            if (await r.single())["c"] == 0:
-                break
-    await driver.close()
-    cache = aioredis.from_url(VALKEY_URL)
-    async for k in cache.scan_iter(match="faults:*", count=1000):
-        await cache.delete(k)
-    await cache.aclose()
+async def reset(streams, nats_url=NATS_URL, prefix="faults"):
+    await stackreset.reset(nats_url, NEO4J_URI, VALKEY_URL, streams, prefix + ".", [prefix], [prefix + ":"])
 
 
 def poison(n, seed):
@@ -147,14 +129,14 @@ async def publish_raw(messages):
     await nc.close()
 
 
-async def outbound_counts(streams):
+async def outbound_counts(streams, servers=(NATS_URL,), prefix=PREFIX):
     """(context.updated messages, deliberation.completed messages) in the streams."""
     import nats
 
-    nc = await nats.connect(NATS_URL)
+    nc = await nats.connect(servers=list(servers))
     js = nc.jetstream()
-    ctx = await js.stream_info(streams["context"], subjects_filter=PREFIX + "context.updated")
-    orch = await js.stream_info(streams["orchestration"], subjects_filter=PREFIX + "orchestration.deliberation.completed")
+    ctx = await js.stream_info(streams["context"], subjects_filter=prefix + "context.updated")
+    orch = await js.stream_info(streams["orchestration"], subjects_filter=prefix + "orchestration.deliberation.completed")
     await nc.close()
     count = lambda info: sum((info.state.subjects or {}).values())
     return count(ctx), count(orch)
@@ -163,9 +145,10 @@ async def outbound_counts(streams):
 class Projector:
     """The live `projector run`, restartable; its stderr is appended to one log."""
 
-    def __init__(self, binary, env, port):
+    def __init__(self, binary, env, port, log_name="run.log"):
         self.binary, self.env, self.port = binary, env, port
-        self.log = open(WORK / "run.log", "a")
+        self.log_path = WORK / log_name
+        self.log = open(self.log_path, "a")
         self.p = None
 
     def start(self):
@@ -194,16 +177,49 @@ class Projector:
             return None
         return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("projector_lag{"))
 
-    def wait_caught_up(self, timeout):
+    def checkpoints(self):
+        """{stream: checkpoint} from /metrics, or None when it does not answer."""
+        status, text = self.get("/metrics")
+        if status != 200:
+            return None
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r'projector_checkpoint_sequence\{.*stream="([^"]+)".*\} (\S+)$', line)
+            if m:
+                out[m.group(1)] = int(float(m.group(2)))
+        return out
+
+    def wait_caught_up(self, timeout, servers):
+        """Until ready, with every stream's checkpoint at the stream's last sequence twice in a
+        row 1 s apart (the lag gauge alone can miss a batch in flight or an outbound event
+        about to be published to a stream the projector reads)."""
         deadline = time.monotonic() + timeout
+        streak = 0
         while time.monotonic() < deadline:
             if not self.alive():
-                raise Failed(f"projector exited ({self.p.returncode}); see {WORK / 'run.log'}")
+                raise Failed(f"projector exited ({self.p.returncode}); see {self.log_path}")
             status, _ = self.get("/readyz")
-            if status == 200 and self.lag() == 0:
-                return
-            time.sleep(0.5)
-        raise Failed(f"projector not caught up within {timeout}s (lag {self.lag()})")
+            ckpts = self.checkpoints()
+            if status == 200 and ckpts and self.lag() == 0:
+                lasts = asyncio.run(last_seqs(servers, list(ckpts)))
+                streak = streak + 1 if all(ckpts[s] == lasts[s] for s in ckpts) else 0
+                if streak == 2:
+                    return
+            else:
+                streak = 0
+            time.sleep(1)
+        raise Failed(f"projector not caught up within {timeout}s (lag {self.lag()}, checkpoints {self.checkpoints()})")
+
+
+async def last_seqs(servers, streams):
+    import nats
+
+    nc = await nats.connect(servers=list(servers))
+    js = nc.jetstream()
+    try:
+        return {s: (await js.stream_info(s)).state.last_seq for s in streams}
+    finally:
+        await nc.close()
 
 
 def main():
@@ -215,12 +231,33 @@ def main():
     ap.add_argument("--stall-seconds", type=float, default=70, help="SIGSTOP length (ack wait is 60 s)")
     ap.add_argument("--seed", type=int, default=8)
     ap.add_argument("--name", default="latest")
-    ap.add_argument("--port", type=int, default=19470)
+    ap.add_argument("--port", type=int, default=19470, help="metrics ports: this and the next")
+    ap.add_argument("--cluster-stories", type=int, default=300, help="stories in the cluster scenario's history")
+    ap.add_argument("--cluster-port", type=int, default=19480,
+                    help="cluster client ports: this +0..2, routes +10..12, monitoring +20..22")
+    ap.add_argument("--only", choices=["single", "cluster"],
+                    help="run one scenario: the single-server faults, or the 3-node cluster")
     args = ap.parse_args()
 
     WORK.mkdir(parents=True, exist_ok=True)
+    config()
+    results = {}
+    if args.only != "cluster":
+        results.update(run_single(args))
+    if args.only != "single":
+        results["cluster"] = run_cluster(args, args.binary)
+    (WORK / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(summary(results))
+    failed = [k for k, ok in results.get("checks", {}).items() if not ok]
+    failed += [f"cluster: {k}" for k, ok in results.get("cluster", {}).get("checks", {}).items() if not ok]
+    if failed:
+        raise Failed("invariant failed: " + ", ".join(failed))
+
+
+def run_single(args):
+    """The single-server scenario: history with poison, crashes and server faults."""
+    cfg = WORK / "projector.toml"
     (WORK / "run.log").write_text("")
-    cfg = config()
     env = dict(os.environ, PROJECTOR_CONFIG=str(cfg), PROJECTOR_LOG=os.environ.get("PROJECTOR_LOG", "info"))
     b = args.binary
     streams = {"planning": "FAULTS_PLANNING_EVENTS", "context": "FAULTS_CONTEXT_EVENTS",
@@ -246,6 +283,7 @@ def main():
         if proj.alive():
             proj.p.terminate()
             proj.p.wait(timeout=60)
+    return results
 
 
 def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_bad):
@@ -302,7 +340,13 @@ def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_b
     server_fault(f"Neo4j SIGSTOP {args.stall_seconds:.0f} s", stall)
 
     # 3. The invariants.
-    proj.wait_caught_up(600)
+    proj.wait_caught_up(600, [NATS_URL])
+    checks, counts = invariants(b, env, proj, streams, bad, [NATS_URL], PREFIX)
+    results.update(published=published, checks=checks, **counts)
+
+
+def invariants(b, env, proj, streams, bad, servers, prefix):
+    """Issue #8's invariants once the projector is caught up: ({check: ok}, counts)."""
     checks = {}
     v = sh([b, "verify", "--against-rebuild"], env, check=False)
     checks["live graph equals a clean rebuild"] = v.returncode == 0
@@ -311,22 +355,173 @@ def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_b
     parked = json.loads(sh([b, "dlq", "list", "--json"], env).stdout)
     # Poison whose story id cannot be read (truncated, not JSON) is parked with none.
     parked_stories = [p["story_id"] for p in parked]
-    parked_subjects = sorted(p["subject"].removeprefix(PREFIX) for p in parked)
+    parked_subjects = sorted(p["subject"].removeprefix(prefix) for p in parked)
     checks["every poison message parked, with a reason"] = (
         parked_subjects == sorted(m[0] for m in bad) and all(p["reason"] for p in parked))
     checks["no good event parked"] = all(s is None or s.startswith("US-BAD-") for s in parked_stories)
-    ctx, delib = asyncio.run(outbound_counts(streams))
+    ctx, delib = asyncio.run(outbound_counts(streams, servers, prefix))
     checks["one context.updated per deliberation.completed"] = ctx == delib
     status, _ = proj.get("/readyz")
     checks["projector running and ready"] = proj.alive() and status == 200
-    results.update(published=published, parked=len(parked), context_updated=ctx, deliberations=delib, checks=checks)
-    (WORK / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(summary(results))
-    if not all(checks.values()):
-        raise Failed("invariant failed: " + ", ".join(k for k, ok in checks.items() if not ok))
+    return checks, dict(parked=len(parked), context_updated=ctx, deliberations=delib)
+
+
+class Cluster:
+    """Three nats-server processes on loopback forming one JetStream cluster (fresh stores)."""
+
+    def __init__(self, base_port):
+        self.dir = WORK / "cluster"
+        self.client = [base_port + i for i in range(3)]
+        self.routes = [base_port + 10 + i for i in range(3)]
+        self.monitor = [base_port + 20 + i for i in range(3)]
+        self.procs = [None] * 3
+        self.binary = Path(os.environ.get("VENV", ROOT / ".local" / "venv")) / "bin" / "nats-server"
+
+    @property
+    def servers(self):
+        return [f"nats://127.0.0.1:{p}" for p in self.client]
+
+    def name(self, i):
+        return f"n{i + 1}"
+
+    def start(self, i):
+        store = self.dir / self.name(i)
+        store.mkdir(parents=True, exist_ok=True)
+        routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.routes)
+        conf = self.dir / f"{self.name(i)}.conf"
+        conf.write_text(f"""server_name: {self.name(i)}
+listen: 127.0.0.1:{self.client[i]}
+http: 127.0.0.1:{self.monitor[i]}
+jetstream {{ store_dir: "{store}" }}
+cluster {{ name: faults, listen: 127.0.0.1:{self.routes[i]}, routes: [{routes}] }}
+""")
+        out = open(self.dir / f"{self.name(i)}.log", "a")
+        self.procs[i] = subprocess.Popen([self.binary, "-c", conf], stdout=out, stderr=out)
+
+    def wait_ready(self, i, timeout=60):
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.monitor[i]}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            time.sleep(0.3)
+        raise Failed(f"cluster node {self.name(i)} not ready within {timeout}s; see {self.dir}")
+
+    def up(self):
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for i in range(3):
+            self.start(i)
+        for i in range(3):
+            self.wait_ready(i)
+
+    def kill9(self, i):
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait()
+
+    def down(self):
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
+
+
+async def stream_leader(servers, stream, not_this=None, timeout=60):
+    """The server name leading `stream`, once it and every other stream of the suite have a
+    leader that is not `not_this` (waiting out the elections after a kill)."""
+    import nats
+
+    nc = await nats.connect(servers=servers)
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                leaders = {i.config.name: i.cluster.leader if i.cluster else None
+                           for i in await js.streams_info() if i.config.name.startswith("FAULTSC_")}
+                if stream in leaders and all(l and l != not_this for l in leaders.values()):
+                    return leaders[stream]
+            except Exception:
+                pass  # the API times out or answers 503 during an election
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    raise Failed(f"no leader for every FAULTSC_ stream within {timeout}s")
+
+
+def run_cluster(args, b):
+    """A 3-node cluster, R3 streams, the planning stream's leader killed while projecting."""
+    cluster = Cluster(args.cluster_port)
+    text = (WORK / "projector.toml").read_text()
+    text = text.replace("FAULTS_", "FAULTSC_").replace('"faults.', '"faultsc.').replace('"faults:', '"faultsc:')
+    text = text.replace("faults-main", "faultsc-main").replace("replicas = 1", "replicas = 3")
+    text = re.sub(r'(?m)^url = "nats://[^"]*"', f'url = "{",".join(cluster.servers)}"', text)
+    cfg = WORK / "projector-cluster.toml"
+    cfg.write_text(text)
+    env = dict(os.environ, PROJECTOR_CONFIG=str(cfg), PROJECTOR_LOG=os.environ.get("PROJECTOR_LOG", "info"))
+    env.pop("NATS_URL", None)  # the config's list of three servers, not the dev stack's
+    streams = {"context": "FAULTSC_CONTEXT_EVENTS", "orchestration": "FAULTSC_ORCHESTRATOR_EVENTS"}
+    cluster.up()
+    proj = None
+    try:
+        asyncio.run(reset([], cluster.servers[0], "faultsc"))
+        for attempt in range(60):  # the meta leader may still be in election
+            if sh([b, "streams", "ensure"], env, check=False).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            sh([b, "streams", "ensure"], env)
+        out = sh([b, "bench", "gen", "--stories", args.cluster_stories, "--seed", args.seed, "--publish"], env).stdout
+        published = int(re.search(r"published (\d+) events", out).group(1))
+        (WORK / "cluster-run.log").write_text("")
+        proj = Projector(b, env, args.port + 1, "cluster-run.log")
+        proj.start()
+        time.sleep(2)  # mid catch-up
+        stream = "FAULTSC_PLANNING_EVENTS"
+        leader = asyncio.run(stream_leader(cluster.servers, stream))
+        victim = int(leader[1:]) - 1
+        t0 = time.monotonic()
+        cluster.kill9(victim)
+        new_leader = asyncio.run(stream_leader([u for i, u in enumerate(cluster.servers) if i != victim], stream, leader))
+        election = time.monotonic() - t0
+        log(f"cluster: killed {leader} (leader of {stream}); {new_leader} leads after {election:.1f} s")
+        p = sh([b, "bench", "load", "--rate", 1000, "--duration", "2s", "--first-story", 700001, "--seed", args.seed], env)
+        published += json.loads(p.stdout.strip().splitlines()[-1])["published"]
+        cluster.start(victim)
+        cluster.wait_ready(victim)
+        proj.wait_caught_up(600, cluster.servers)
+        checks, counts = invariants(b, env, proj, streams, [], cluster.servers, "faultsc.")
+        return dict(published=published, leader_killed=leader, new_leader=new_leader,
+                    election_seconds=round(election, 1), checks=checks, **counts)
+    finally:
+        if proj is not None and proj.alive():
+            proj.p.terminate()
+            proj.p.wait(timeout=60)
+        cluster.down()
 
 
 def summary(r):
+    lines = []
+    if "checks" in r:
+        lines += single_summary(r)
+    c = r.get("cluster")
+    if c:
+        lines += ["", f"Cluster: 3 nats-server nodes, R3 streams, {c['published']} events; {c['leader_killed']} "
+                      f"(leader of the planning stream) killed with SIGKILL mid-run, {c['new_leader']} leader "
+                      f"after {c['election_seconds']} s, then restarted.", "", "| invariant | result |", "|---|---|"]
+        for k, ok in c["checks"].items():
+            lines.append(f"| {k} | {'ok' if ok else '**FAILED**'} |")
+        lines.append(f"\nParked: {c['parked']}; context.updated: {c['context_updated']} for "
+                     f"{c['deliberations']} deliberation.completed.")
+    return "\n".join(lines) + "\n"
+
+
+def single_summary(r):
     lines = [f"{r['published']} messages published ({r['events']} generated first, bursts during the faults, "
              f"{r['poison']} poison, {r['msgpack_good']} good MessagePack).", "",
              "| fault | injected |", "|---|---|"]
@@ -337,7 +532,7 @@ def summary(r):
         lines.append(f"| {k} | {'ok' if ok else '**FAILED**'} |")
     lines.append(f"\nParked: {r['parked']} (poison: {r['poison']}); context.updated: {r['context_updated']} for "
                  f"{r['deliberations']} deliberation.completed.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

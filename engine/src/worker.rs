@@ -401,6 +401,15 @@ impl Worker {
             if raw.is_empty() {
                 continue;
             }
+            // The lag counts what is fetched but not committed: set after a commit alone, it
+            // would read 0 while the next batch (already delivered) is still being written.
+            if let Some(head) = raw
+                .last()
+                .and_then(|m| m.info().ok())
+                .map(|i| i.stream_sequence + i.pending)
+            {
+                self.set_lag(head.saturating_sub(self.checkpoint));
+            }
             let started = Instant::now();
             let (items, anomaly) = self.plan(raw).await?;
             if !items.is_empty() {
