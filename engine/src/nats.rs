@@ -13,6 +13,15 @@ pub enum ConnectError {
     Timeout { url: String, secs: u64 },
     #[error("NATS credentials file {path}: {message}")]
     Creds { path: String, message: String },
+    #[error(
+        "NATS at {url} refused the credentials of {who}: {message} (check [nats] user/password, \
+         token or creds_file in the config, or NATS_USER / NATS_PASSWORD / NATS_TOKEN / NATS_CREDS)"
+    )]
+    Auth {
+        url: String,
+        who: String,
+        message: String,
+    },
 }
 
 /// Connects with the configured auth; fails within `connect_timeout`, never hangs.
@@ -22,6 +31,13 @@ pub enum ConnectError {
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
     let mut opts = async_nats::ConnectOptions::new()
         .name("projector")
+        // The client logs every event at info; a denied publish or subscribe arrives only as
+        // such an event, so it is raised to an error that says what it means.
+        .event_callback(|event| async move {
+            if let async_nats::Event::ServerError(e) = event {
+                tracing::error!(error = %e, "NATS server error (a permissions violation means this NATS user may not use that subject; see docs/operations.md)");
+            }
+        })
         .connection_timeout(cfg.connect_timeout)
         .require_tls(cfg.tls_required);
     if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
@@ -51,6 +67,24 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, ConnectErro
         })?;
     match tokio::time::timeout(cfg.connect_timeout * 2, opts.connect(servers)).await {
         Ok(Ok(c)) => Ok(c),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Authentication
+            ) =>
+        {
+            Err(ConnectError::Auth {
+                url: cfg.url.clone(),
+                who: match (&cfg.user, &cfg.token, &cfg.creds_file) {
+                    (Some(u), _, _) => format!("user {u:?}"),
+                    (_, Some(_), _) => "the token".into(),
+                    (_, _, Some(p)) => format!("creds file {p}"),
+                    _ => "an anonymous client (no user, token or creds_file set)".into(),
+                },
+                message: e.to_string(),
+            })
+        }
         Ok(Err(e)) => Err(ConnectError::Unreachable {
             url: cfg.url.clone(),
             message: e.to_string(),

@@ -1,0 +1,263 @@
+//! NATS least privilege (seed 003): projector runs as a NATS user that may only consume the
+//! event streams and publish its outbound (`context.>`) and dead-letter subjects; streams are
+//! created by an admin. A wrong password is a clear error, not a hang or a retry loop.
+//!
+//! The test starts its own nats-server (the stack's binary) with an `authorization` block on
+//! a free port; Neo4j and Valkey are the shared stack's.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+const PROJECTED: [&str; 5] = [
+    "PLANNING_EVENTS",
+    "CONTEXT_EVENTS",
+    "ORCHESTRATOR_EVENTS",
+    "AGENT_RESPONSES",
+    "PROJECTOR_DLQ",
+];
+
+/// A nats-server with two users: `admin` (everything) and `projector` (least privilege).
+struct AuthServer {
+    child: Child,
+    url: String,
+    _dir: PathBuf,
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The projector user's permissions: the JetStream API calls of `projector run` on its own
+/// streams (stream info and message get; consumer create, info, delete, next; acks), its
+/// outbound and dead-letter subjects, and replies on its inbox. Nothing else.
+fn projector_permissions(t: &TestConfig) -> String {
+    let mut publish = vec!["\"$JS.API.INFO\"".to_string()];
+    for base in PROJECTED {
+        let s = t.stream(base);
+        publish.extend([
+            format!("\"$JS.API.STREAM.INFO.{s}\""),
+            format!("\"$JS.API.STREAM.MSG.GET.{s}\""),
+            format!("\"$JS.API.CONSUMER.*.{s}.>\""),
+            format!("\"$JS.API.CONSUMER.DURABLE.CREATE.{s}.*\""),
+            format!("\"$JS.API.CONSUMER.MSG.NEXT.{s}.*\""),
+            format!("\"$JS.ACK.{s}.>\""),
+        ]);
+    }
+    publish.push(format!("\"{}.context.>\"", t.tag));
+    publish.push(format!("\"{}.projector.dlq.>\"", t.tag));
+    format!(
+        "{{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}",
+        publish.join(", ")
+    )
+}
+
+fn start_server(t: &TestConfig) -> AuthServer {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-nats", t.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n\
+             authorization {{ users = [\n\
+               {{ user: admin, password: admin-pw }}\n\
+               {{ user: projector, password: projector-pw, permissions: {} }}\n\
+             ] }}\n",
+            dir.join("js").display(),
+            projector_permissions(t)
+        ),
+    )
+    .unwrap();
+    let venv = std::env::var("VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".local/venv"));
+    let log = std::fs::File::create(dir.join("nats.log")).unwrap();
+    let child = Command::new(venv.join("bin/nats-server"))
+        .arg("-c")
+        .arg(&conf)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("nats-server from the stack's venv (run `dev/stack install`)");
+    let url = format!("nats://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    AuthServer {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+/// Runs the projector binary against the auth server as `user`.
+fn projector_as(
+    t: &TestConfig,
+    s: &AuthServer,
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_projector"))
+        .arg("--config")
+        .arg(&t.path)
+        .args(args)
+        .env("NATS_URL", &s.url)
+        .env("NATS_USER", user)
+        .env("NATS_PASSWORD", password)
+        .output()
+        .expect("projector binary runs")
+}
+
+async fn client(s: &AuthServer, user: &str, password: &str) -> jetstream::Context {
+    let c = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(&s.url)
+        .await
+        .expect("connects");
+    jetstream::new(c)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projector_runs_with_least_privilege_and_cannot_do_more() {
+    let t = TestConfig::new();
+    let server = start_server(&t);
+
+    // Streams are the admin's job: the projector user may not create them ...
+    let out = projector_as(
+        &t,
+        &server,
+        "projector",
+        "projector-pw",
+        &["streams", "ensure"],
+    );
+    assert!(!out.status.success(), "the projector user created streams");
+    assert!(
+        stderr(&out).contains("Permissions Violation for Publish to \"$JS.API.STREAM.CREATE."),
+        "the denial is named in the log:\n{}",
+        stderr(&out)
+    );
+    // ... the admin may.
+    let out = projector_as(&t, &server, "admin", "admin-pw", &["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let admin = client(&server, "admin", "admin-pw").await;
+    let events = [
+        (
+            "planning.plan.approved",
+            r#"{"event_type":"PLAN_APPROVED","story_id":"US-AUTH","plan_id":"plan-auth","timestamp":"2025-10-16T18:00:00Z"}"#,
+        ),
+        (
+            "orchestration.deliberation.completed",
+            r#"{"story_id":"US-AUTH","task_id":"T-A","decisions":[{"id":"D-A","rationale":"r"}]}"#,
+        ),
+        // Parking needs the dead-letter publish the user is allowed.
+        ("planning.story.created", r#"{"story_id": "US-BAD", "title"#),
+    ];
+    for (subject, payload) in events {
+        admin
+            .publish(t.subject(subject), payload.as_bytes().to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let out = projector_as(
+        &t,
+        &server,
+        "projector",
+        "projector-pw",
+        &["run", "--until-caught-up", "--metrics-addr", "off"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let g = neo4j(&t.cfg);
+    let gen = t.main_gen();
+    assert_eq!(
+        count_nodes(&g, &gen, "PlanApproval", "story_id", "US-AUTH").await,
+        1
+    );
+    assert_eq!(count_nodes(&g, &gen, "Decision", "id", "D-A").await, 1);
+    let messages = |base: &'static str| {
+        let (admin, name) = (admin.clone(), t.stream(base));
+        async move {
+            admin
+                .get_stream(name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages
+        }
+    };
+    assert_eq!(
+        messages("CONTEXT_EVENTS").await,
+        1,
+        "context.updated published"
+    );
+    assert_eq!(
+        messages("PROJECTOR_DLQ").await,
+        1,
+        "the malformed event parked"
+    );
+
+    // What the user may not do, it cannot: publish into the planning stream.
+    let proj = client(&server, "projector", "projector-pw").await;
+    let denied = tokio::time::timeout(Duration::from_secs(15), async {
+        proj.publish(
+            t.subject("planning.story.created"),
+            r#"{"story_id":"US-X"}"#.into(),
+        )
+        .await?
+        .await
+    })
+    .await;
+    assert!(
+        !matches!(denied, Ok(Ok(_))),
+        "the projector user published to planning.>"
+    );
+    assert_eq!(
+        messages("PLANNING_EVENTS").await,
+        2,
+        "nothing reached the stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_is_a_clear_error() {
+    let t = TestConfig::new();
+    let server = start_server(&t);
+    let started = std::time::Instant::now();
+    let out = projector_as(
+        &t,
+        &server,
+        "projector",
+        "not-the-password",
+        &["run", "--metrics-addr", "off"],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("refused the credentials of user \"projector\"")
+            && err.contains("NATS_PASSWORD"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up after {:?}, not at once",
+        started.elapsed()
+    );
+}
