@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod events;
 pub mod model;
 pub mod ops;
+pub mod partition;
 pub mod project;
 
 pub use decode::{DecodeError, Format, MAX_PAYLOAD_BYTES};
@@ -31,4 +32,5 @@ pub use ops::{
     CacheOp, CompactBatch, GraphOp, Group, Label, NodeWrite, Outbound, Projection, Prop, Rel,
     RelWrite, Version,
 };
+pub use partition::partition_of;
 pub use project::project;
