@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// generation that is not live. Off by default there: only the live view owes them.
     #[arg(long)]
     pub outbound: bool,
+    /// This instance's name in the partition leases (with `[partitions] count` > 1); the
+    /// default is `<hostname>-<pid>`, unique per process. `streams status` shows it.
+    #[arg(long, env = "PROJECTOR_INSTANCE")]
+    pub instance: Option<String>,
     /// /readyz reports ready only while every worker's lag is at most this.
     #[arg(long, default_value_t = 10_000)]
     pub ready_lag: u64,

@@ -185,6 +185,30 @@ pub struct DeadLetterConfig {
     pub subject_prefix: String,
 }
 
+/// How the streams are split between instances (issue #9, docs/operations.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// Partitions per projector and stream; events go to `partition_of(story_id, count)`.
+    /// 1 = one writer reads everything and no leases are taken.
+    pub count: u32,
+    /// A partition whose holder stopped refreshing its lease this long is free to take.
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_ttl: Duration,
+    /// The JetStream KV bucket that holds the leases.
+    pub lease_bucket: String,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            count: 1,
+            lease_ttl: Duration::from_secs(10),
+            lease_bucket: "PROJECTOR_LEASES".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectorEntry {
@@ -213,6 +237,8 @@ pub struct Config {
     #[serde(default)]
     pub archive: ArchiveConfig,
     pub dead_letters: DeadLetterConfig,
+    #[serde(default)]
+    pub partitions: PartitionConfig,
     pub projectors: Vec<ProjectorEntry>,
 }
 
@@ -286,6 +312,17 @@ impl Config {
             origin: origin.to_string(),
             message,
         };
+        if !(1..=256).contains(&self.partitions.count) {
+            return Err(bad(format!(
+                "[partitions] count = {} (use 1 to 256; 1 for a single instance)",
+                self.partitions.count
+            )));
+        }
+        if self.partitions.lease_ttl < Duration::from_secs(2) {
+            return Err(bad(
+                "[partitions] lease_ttl must be at least 2s (leases are refreshed every third of it)".into(),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for s in &self.streams {
             if !names.insert(s.name.as_str()) {

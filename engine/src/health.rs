@@ -34,6 +34,14 @@ impl Health {
         f(m.entry(worker.to_string()).or_default());
     }
 
+    /// Forgets a worker that stopped on purpose (its partition went to another instance).
+    pub fn remove(&self, worker: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(worker);
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, WorkerHealth> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub shutdown_timeout: Duration,
     pub ready_lag: u64,
     pub publish_outbound: bool,
+    /// This instance's name in the partition leases.
+    pub instance: String,
 }
 
 #[derive(Debug, Error)]
@@ -167,6 +169,27 @@ pub async fn run(
     };
     let live = follow_live || generation == crate::generations::live(&shared.graph).await?;
     let mut set = tokio::task::JoinSet::new();
+    let base = WorkerBase {
+        cfg,
+        opts: &opts,
+        generation: &generation,
+        follow_live,
+        cache_prefix: shared.cache.gen_prefix(&generation, live),
+    };
+    if cfg.partitions.count > 1 && !opts.until_caught_up {
+        let watcher = tokio::spawn({
+            let stop_tx = stop_tx.clone();
+            async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown requested: finishing the batches in flight");
+                let _ = stop_tx.send(true);
+            }
+        });
+        let res = run_partitioned(&base, &projectors, &shared, &stop_tx, stop_rx.clone()).await;
+        watcher.abort();
+        let _ = stop_tx.send(true);
+        return res;
+    }
     for p in &projectors {
         let blocked = shared.graph.blocked_stories(&generation, &p.name).await?;
         let sh = Shared {
@@ -174,27 +197,7 @@ pub async fn run(
             ..shared.clone()
         };
         for stream in &p.streams {
-            let wc = WorkerConfig {
-                projector: p.name.clone(),
-                stream: stream.clone(),
-                partition: 0,
-                generation: generation.clone(),
-                follow_live,
-                cache_prefix: shared.cache.gen_prefix(&generation, live),
-                subject_prefix: cfg.subject_prefix.clone(),
-                dlq_subject_prefix: cfg.dead_letters.subject_prefix.clone(),
-                batch_size: opts.batch_size,
-                on_error: opts.on_error,
-                on_gap: opts.on_gap,
-                publish_outbound: opts.publish_outbound,
-                until_caught_up: opts.until_caught_up,
-                consumer: ConsumerSettings {
-                    ack_wait: Duration::from_secs(60),
-                    max_ack_pending: (opts.batch_size * 4) as i64,
-                },
-                backoff: Backoff::default(),
-                idle: Duration::from_millis(if opts.until_caught_up { 300 } else { 1000 }),
-            };
+            let wc = base.worker(&p.name, stream, 0, 1);
             let name = format!("{}/{}", p.name, stream);
             // Registered before it starts, so `until_caught_up` waits for every worker.
             health.update(&format!("{}/{}/0", p.name, stream), |h| h.connected = false);
@@ -304,5 +307,213 @@ async fn watch_caught_up(
             let _ = stop.send(true);
             return;
         }
+    }
+}
+
+/// What every worker of one `run` shares; `worker` fills in the stream and partition.
+struct WorkerBase<'a> {
+    cfg: &'a Config,
+    opts: &'a RunOptions,
+    generation: &'a str,
+    follow_live: bool,
+    cache_prefix: String,
+}
+
+impl WorkerBase<'_> {
+    fn worker(
+        &self,
+        projector: &str,
+        stream: &str,
+        partition: u32,
+        partitions: u32,
+    ) -> WorkerConfig {
+        let opts = self.opts;
+        WorkerConfig {
+            projector: projector.to_string(),
+            stream: stream.to_string(),
+            partition,
+            partitions,
+            generation: self.generation.to_string(),
+            follow_live: self.follow_live,
+            cache_prefix: self.cache_prefix.clone(),
+            subject_prefix: self.cfg.subject_prefix.clone(),
+            dlq_subject_prefix: self.cfg.dead_letters.subject_prefix.clone(),
+            batch_size: opts.batch_size,
+            on_error: opts.on_error,
+            on_gap: opts.on_gap,
+            publish_outbound: opts.publish_outbound,
+            until_caught_up: opts.until_caught_up,
+            consumer: ConsumerSettings {
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: (opts.batch_size * 4) as i64,
+            },
+            backoff: Backoff::default(),
+            idle: Duration::from_millis(if opts.until_caught_up { 300 } else { 1000 }),
+        }
+    }
+}
+
+/// One partition of one projector, running here: its workers' stop switch and how many of
+/// them are still running.
+struct Owned {
+    stop: watch::Sender<bool>,
+    workers: usize,
+}
+
+/// `run` with `[partitions] count` > 1: partitions are claimed through leases
+/// (`crate::leases`); each held partition runs one worker per stream of its projector. Lost
+/// or surplus partitions stop after their batch in flight; on shutdown every lease is given
+/// back so the other instances take over at once.
+async fn run_partitioned(
+    base: &WorkerBase<'_>,
+    projectors: &[crate::config::ProjectorEntry],
+    shared: &Shared,
+    stop_tx: &watch::Sender<bool>,
+    mut stop_seen: watch::Receiver<bool>,
+) -> Result<Vec<(String, Exit)>, RunError> {
+    let pc = &base.cfg.partitions;
+    let kv = crate::leases::bucket(&shared.js, pc, base.cfg.stream_defaults.replicas).await?;
+    let mut leases: Vec<crate::leases::Leases> = projectors
+        .iter()
+        .map(|p| crate::leases::Leases::new(kv.clone(), &p.name, &base.opts.instance, pc.count))
+        .collect();
+    let sh: Vec<Shared> = projectors
+        .iter()
+        .map(|_| Shared {
+            blocked: Arc::new(Mutex::new(BTreeMap::new())),
+            ..shared.clone()
+        })
+        .collect();
+    tracing::info!(instance = %base.opts.instance, partitions = pc.count, lease_ttl_s = pc.lease_ttl.as_secs(), bucket = %pc.lease_bucket, "claiming partitions through leases");
+    let mut owned: BTreeMap<(usize, u32), Owned> = BTreeMap::new();
+    let mut handing_over: std::collections::BTreeSet<(usize, u32)> = Default::default();
+    let mut set = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(crate::leases::tick_interval(pc.lease_ttl));
+    let (mut exits, mut errors) = (Vec::new(), Vec::new());
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if deadline.is_some() && set.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = tick.tick(), if deadline.is_none() => {
+                for (i, l) in leases.iter_mut().enumerate() {
+                    let p = &projectors[i];
+                    let ch = match l.tick().await {
+                        Ok(ch) => ch,
+                        Err(e) => {
+                            shared.metrics.write_errors.with_label_values(&[&p.name, "-", "lease"]).inc();
+                            tracing::warn!(projector = %p.name, error = %e, "lease upkeep failed; retrying next round (a lease not refreshed within its TTL passes to another instance)");
+                            continue;
+                        }
+                    };
+                    for part in ch.lost {
+                        if let Some(o) = owned.get(&(i, part)) {
+                            let _ = o.stop.send(true);
+                        }
+                        tracing::warn!(projector = %p.name, partition = part, "lease lost to another instance (not refreshed in time); stopping this partition's workers");
+                    }
+                    for part in ch.surplus {
+                        if handing_over.insert((i, part)) {
+                            match owned.get(&(i, part)) {
+                                Some(o) => {
+                                    let _ = o.stop.send(true);
+                                }
+                                None => {
+                                    handing_over.remove(&(i, part));
+                                    if let Err(e) = l.release(part).await {
+                                        tracing::warn!(projector = %p.name, partition = part, error = %e, "cannot release the lease; it expires by itself");
+                                    }
+                                }
+                            }
+                            tracing::info!(projector = %p.name, partition = part, "more than a fair share of partitions; handing this one over");
+                        }
+                    }
+                    for part in ch.acquired {
+                        // Stories parked by the partition's previous holder stay blocked here.
+                        match shared.graph.blocked_stories(base.generation, &p.name).await {
+                            Ok(b) => sh[i].blocked.lock().unwrap_or_else(|e| e.into_inner()).extend(b),
+                            Err(e) => {
+                                let _ = l.release(part).await;
+                                tracing::warn!(projector = %p.name, partition = part, error = %e, "cannot read the blocked stories; giving the partition back");
+                                continue;
+                            }
+                        }
+                        let (stop, rx) = watch::channel(false);
+                        for stream in &p.streams {
+                            let wc = base.worker(&p.name, stream, part, pc.count);
+                            let name = format!("{}/{}/{}", p.name, stream, part);
+                            shared.health.update(&name, |h| h.connected = false);
+                            let worker = Worker::new(wc, sh[i].clone(), rx.clone());
+                            set.spawn(async move { ((i, part), name, worker.run().await) });
+                        }
+                        owned.insert((i, part), Owned { stop, workers: p.streams.len() });
+                        tracing::info!(projector = %p.name, partition = part, instance = %base.opts.instance, "partition acquired; its workers start from the stored checkpoints");
+                    }
+                }
+            }
+            joined = set.join_next(), if !set.is_empty() => {
+                let Some(joined) = joined else { continue };
+                let ((i, part), name, res) = match joined {
+                    Ok(j) => j,
+                    Err(join) => {
+                        let _ = stop_tx.send(true);
+                        errors.push(WorkerError::Fatal { stream: "?".into(), error: join.to_string() });
+                        continue;
+                    }
+                };
+                if let Some(o) = owned.get_mut(&(i, part)) {
+                    o.workers -= 1;
+                    if o.workers == 0 {
+                        owned.remove(&(i, part));
+                        if handing_over.remove(&(i, part)) {
+                            if let Err(e) = leases[i].release(part).await {
+                                tracing::warn!(projector = %projectors[i].name, partition = part, error = %e, "cannot release the lease; it expires by itself");
+                            }
+                            tracing::info!(projector = %projectors[i].name, partition = part, "partition handed over");
+                        }
+                    }
+                }
+                match res {
+                    Ok(exit) => {
+                        if deadline.is_none() {
+                            shared.health.remove(&name);
+                        }
+                        exits.push((name, exit));
+                    }
+                    Err(e) => {
+                        // One halting worker stops the others: an operator must look.
+                        let _ = stop_tx.send(true);
+                        errors.push(e);
+                    }
+                }
+            }
+            _ = stop_seen.wait_for(|s| *s), if deadline.is_none() => {
+                for o in owned.values() {
+                    let _ = o.stop.send(true);
+                }
+                deadline = Some(tokio::time::Instant::now() + base.opts.shutdown_timeout);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                tracing::error!(secs = base.opts.shutdown_timeout.as_secs(), "shutdown deadline passed with batches in flight; they were not acked and will be redelivered");
+                set.abort_all();
+                break;
+            }
+        }
+    }
+    for (l, p) in leases.iter_mut().zip(projectors) {
+        match l.release_all().await {
+            Ok(()) => {
+                tracing::info!(projector = %p.name, "leases released for the other instances")
+            }
+            Err(e) => {
+                tracing::warn!(projector = %p.name, error = %e, "cannot release the leases; they expire after the TTL")
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(exits)
+    } else {
+        Err(RunError::Workers(errors))
     }
 }

@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub projector: String,
     pub stream: String,
     pub partition: u32,
+    /// Partitions of this stream; events of other partitions are acked and skipped.
+    pub partitions: u32,
     pub generation: String,
     /// Write whatever generation is live (re-resolved at start and after a promotion).
     pub follow_live: bool,
@@ -127,6 +129,8 @@ enum Plan {
         reason: String,
         blocked_by: Option<String>,
     },
+    /// Another partition's event: acked, nothing written (its own worker projects it).
+    Elsewhere,
 }
 
 struct Item {
@@ -143,6 +147,7 @@ impl Item {
     fn story(&self) -> Option<&str> {
         match &self.plan {
             Plan::Project { story_id, .. } | Plan::Park { story_id, .. } => story_id.as_deref(),
+            Plan::Elsewhere => None,
         }
     }
 }
@@ -159,7 +164,11 @@ pub struct Worker {
     sh: Shared,
     key: CheckpointKey,
     name: String,
+    /// Position: the last sequence committed or skipped as another partition's.
     checkpoint: u64,
+    /// The checkpoint as stored in Neo4j (behind `checkpoint` while only other partitions'
+    /// events were read); the expected value of the next optimistic move.
+    stored: u64,
     shutdown: watch::Receiver<bool>,
     /// Set when the consumer must be recreated at the (re-read) checkpoint.
     reposition: bool,
@@ -175,6 +184,7 @@ impl Worker {
             key,
             name,
             checkpoint: 0,
+            stored: 0,
             shutdown,
             reposition: false,
         }
@@ -303,6 +313,7 @@ impl Worker {
                     first.saturating_sub(1)
                 }
             };
+            self.stored = self.checkpoint;
             tracing::info!(worker = %self.name, generation = %gen, checkpoint = self.checkpoint, stream_last = last, "starting from stored checkpoint");
             self.repair_cache()
                 .await
@@ -412,7 +423,17 @@ impl Worker {
             }
             let started = Instant::now();
             let (items, anomaly) = self.plan(raw).await?;
-            if !items.is_empty() {
+            let tail_pending = items.last().map(|i| i.pending).unwrap_or(0);
+            if items.iter().all(|i| matches!(i.plan, Plan::Elsewhere)) && tail_pending > 0 {
+                // Only other partitions' events and more to come: no transaction, the next
+                // commit stores the checkpoint past them (re-reading them after a crash only
+                // skips them again). At the stream's end the checkpoint is stored as usual.
+                if let Some(last) = items.last().map(|i| i.seq) {
+                    self.ack_all(&items).await;
+                    self.checkpoint = last;
+                    self.set_lag(tail_pending);
+                }
+            } else if !items.is_empty() {
                 let span = tracing::info_span!(
                     "batch",
                     worker = %self.name,
@@ -609,6 +630,17 @@ impl Worker {
                 subject: subject.to_string(),
             }),
         };
+        if self.cfg.partitions > 1 {
+            let story = match &decoded {
+                Ok(event) => event.story_id().map(str::to_string),
+                Err(_) => projections::sniff_story_id(ct, &msg.payload),
+            };
+            if projections::partition_of(story.as_deref(), self.cfg.partitions)
+                != self.cfg.partition
+            {
+                return Plan::Elsewhere;
+            }
+        }
         match decoded {
             Err(e) => Plan::Park {
                 story_id: projections::sniff_story_id(ct, &msg.payload),
@@ -824,7 +856,7 @@ impl Worker {
         let mv = CheckpointMove {
             key: self.key.clone(),
             fence_live: self.cfg.follow_live,
-            expected: self.checkpoint,
+            expected: self.stored,
             seq: last,
         };
         let gen = self.cfg.generation.clone();
@@ -849,6 +881,7 @@ impl Worker {
         res?;
         let graph_ms = t0.elapsed().as_secs_f64() * 1e3;
         self.checkpoint = last;
+        self.stored = last;
         for p in &parked {
             if let Some(s) = &p.story_id {
                 self.sh
@@ -940,6 +973,8 @@ impl Worker {
         let mut parked = 0;
         for it in &items {
             let outcome = match &it.plan {
+                // Counted by the partition that owns it.
+                Plan::Elsewhere => continue,
                 Plan::Project { projection, .. } if projection.graph.is_empty() => "ignored",
                 Plan::Project { .. } => "projected",
                 Plan::Park {
@@ -984,7 +1019,10 @@ impl Worker {
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         let latency = self.sh.metrics.event_latency.with_label_values(&labels);
-        for it in &items {
+        for it in items
+            .iter()
+            .filter(|it| !matches!(it.plan, Plan::Elsewhere))
+        {
             // Clocks of the NATS server and this host; negative skew is clamped to zero.
             latency.observe((now_ns - it.ts_ns).max(0) as f64 / 1e9);
         }
@@ -996,7 +1034,7 @@ impl Worker {
         let acks = items.iter().map(|it| async move {
             let kind = match it.plan {
                 Plan::Park { .. } => AckKind::Term,
-                Plan::Project { .. } => AckKind::Ack,
+                Plan::Project { .. } | Plan::Elsewhere => AckKind::Ack,
             };
             (it.seq, it.msg.double_ack_with(kind).await)
         });
@@ -1055,7 +1093,7 @@ impl Worker {
         let mv = CheckpointMove {
             key: self.key.clone(),
             fence_live: self.cfg.follow_live,
-            expected: self.checkpoint,
+            expected: self.stored,
             seq: to,
         };
         let (cache, prefix) = (self.sh.cache.clone(), self.cfg.cache_prefix.clone());
@@ -1081,6 +1119,7 @@ impl Worker {
             error: e.to_string(),
         })?;
         self.checkpoint = to;
+        self.stored = to;
         Ok(())
     }
 

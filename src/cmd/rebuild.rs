@@ -97,6 +97,7 @@ pub async fn build_generation(
                 shutdown_timeout: Duration::from_secs(30),
                 ready_lag: u64::MAX,
                 publish_outbound: false,
+                instance: "rebuild".into(),
             },
             None,
         )

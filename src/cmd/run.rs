@@ -35,6 +35,12 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
         ready_lag: a.ready_lag,
         // Only the live generation owes the fleet its outbound events.
         publish_outbound: a.outbound || a.generation.is_none(),
+        instance: a.instance.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "host".into());
+            format!("{host}-{}", std::process::id())
+        }),
     };
     let exits = runner::run(cfg, opts, None).await?;
     for (name, exit) in &exits {

@@ -75,6 +75,10 @@ impl TestConfig {
             )
             .replace("key_prefix = \"\"", &format!("key_prefix = \"{tag}:\""))
             .replace(
+                "lease_bucket = \"PROJECTOR_LEASES\"",
+                &format!("lease_bucket = \"{upper}_LEASES\""),
+            )
+            .replace(
                 "default_generation = \"main\"",
                 &format!("default_generation = \"{tag}-main\""),
             );

@@ -1,0 +1,235 @@
+//! Partition leases in a JetStream KV bucket: each partition has at most one writing
+//! instance, and a dead instance's partitions are taken over once its leases expire.
+//!
+//! Keys (bucket `[partitions] lease_bucket`, `max_age` = `lease_ttl`, so an entry nobody
+//! refreshes disappears):
+//! - `<projector>.p<N>` = the holding instance's id; taken with `create` (fails while held),
+//!   refreshed with `update` at the revision last seen (fails once someone else holds it);
+//! - `<projector>.instance.<id>` = heartbeat of every running instance, to share fairly.
+//!
+//! Each instance aims at `ceil(partitions / live instances)` partitions: it releases extras
+//! (after its workers on them stopped) and takes free ones up to that. A lease is only a
+//! scheduling hint for safety purposes: two writers on one partition are still fenced by the
+//! checkpoint's optimistic move in Neo4j (the second commit fails with `CheckpointMoved`).
+
+use crate::config::PartitionConfig;
+use crate::error::WriteError;
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The share of partitions one of `live` instances should hold.
+///
+/// ```
+/// use engine::leases::fair_share;
+/// assert_eq!(fair_share(16, 1), 16);
+/// assert_eq!(fair_share(16, 3), 6);
+/// assert_eq!(fair_share(16, 0), 16);
+/// ```
+pub fn fair_share(partitions: u32, live: usize) -> usize {
+    (partitions as usize).div_ceil(live.max(1))
+}
+
+/// What one round of lease upkeep changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Newly held: start their workers.
+    pub acquired: Vec<u32>,
+    /// Held by someone else now (our refresh came too late): stop their workers at once.
+    pub lost: Vec<u32>,
+    /// More than our share: stop their workers, then `release` them.
+    pub surplus: Vec<u32>,
+}
+
+pub struct Leases {
+    kv: kv::Store,
+    projector: String,
+    instance: String,
+    partitions: u32,
+    held: BTreeMap<u32, u64>,
+}
+
+fn nats_err(what: &str) -> impl Fn(String) -> WriteError + '_ {
+    move |e| WriteError::Nats {
+        message: format!("lease bucket: {what}: {e}"),
+    }
+}
+
+/// The lease key of a partition.
+pub fn lease_key(projector: &str, partition: u32) -> String {
+    format!("{projector}.p{partition}")
+}
+
+fn instance_key(projector: &str, instance: &str) -> String {
+    format!("{projector}.instance.{instance}")
+}
+
+/// Opens (creating if missing) the lease bucket.
+pub async fn bucket(
+    js: &jetstream::Context,
+    cfg: &PartitionConfig,
+    replicas: usize,
+) -> Result<kv::Store, WriteError> {
+    if let Ok(kv) = js.get_key_value(&cfg.lease_bucket).await {
+        return Ok(kv);
+    }
+    js.create_key_value(kv::Config {
+        bucket: cfg.lease_bucket.clone(),
+        description: "projector partition leases (engine/src/leases.rs)".into(),
+        history: 1,
+        max_age: cfg.lease_ttl,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_err("create")(e.to_string()))
+}
+
+/// Who holds which partition of `projector`: `(partition, instance)`.
+pub async fn holders(kv: &kv::Store, projector: &str) -> Result<Vec<(u32, String)>, WriteError> {
+    let prefix = format!("{projector}.p");
+    let mut keys = kv
+        .keys()
+        .await
+        .map_err(|e| nats_err("keys")(e.to_string()))?;
+    let mut out = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| nats_err("keys")(e.to_string()))?;
+        let Some(p) = k.strip_prefix(&prefix).and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(v) = kv
+            .get(k.as_str())
+            .await
+            .map_err(|e| nats_err("get")(e.to_string()))?
+        {
+            out.push((p, String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Leases {
+    pub fn new(kv: kv::Store, projector: &str, instance: &str, partitions: u32) -> Leases {
+        Leases {
+            kv,
+            projector: projector.to_string(),
+            instance: instance.to_string(),
+            partitions,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Partitions this instance holds.
+    pub fn held(&self) -> Vec<u32> {
+        self.held.keys().copied().collect()
+    }
+
+    async fn live_instances(&self) -> Result<usize, WriteError> {
+        let prefix = format!("{}.instance.", self.projector);
+        let mut keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| nats_err("keys")(e.to_string()))?;
+        let mut n = 0;
+        while let Some(k) = keys.next().await {
+            if k.map_err(|e| nats_err("keys")(e.to_string()))?
+                .starts_with(&prefix)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// One round: heartbeat, refresh what is held, then give up surplus or take free
+    /// partitions up to the fair share. Called every third of the lease TTL.
+    pub async fn tick(&mut self) -> Result<Changes, WriteError> {
+        let mut ch = Changes::default();
+        self.kv
+            .put(
+                instance_key(&self.projector, &self.instance),
+                self.instance.clone().into(),
+            )
+            .await
+            .map_err(|e| nats_err("heartbeat")(e.to_string()))?;
+        for (p, rev) in self.held.clone() {
+            let key = lease_key(&self.projector, p);
+            match self
+                .kv
+                .update(&key, self.instance.clone().into(), rev)
+                .await
+            {
+                Ok(r) => {
+                    self.held.insert(p, r);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.held.remove(&p);
+                    ch.lost.push(p);
+                }
+                Err(e) => return Err(nats_err("refresh")(e.to_string())),
+            }
+        }
+        let share = fair_share(self.partitions, self.live_instances().await?);
+        if self.held.len() > share {
+            ch.surplus = self
+                .held
+                .keys()
+                .rev()
+                .take(self.held.len() - share)
+                .copied()
+                .collect();
+            return Ok(ch);
+        }
+        for p in 0..self.partitions {
+            if self.held.len() >= share {
+                break;
+            }
+            if self.held.contains_key(&p) {
+                continue;
+            }
+            let key = lease_key(&self.projector, p);
+            match self.kv.create(&key, self.instance.clone().into()).await {
+                Ok(rev) => {
+                    self.held.insert(p, rev);
+                    ch.acquired.push(p);
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(nats_err("take")(e.to_string())),
+            }
+        }
+        Ok(ch)
+    }
+
+    /// Gives a partition back (its workers have stopped), so another instance can take it
+    /// at once instead of after the TTL. Only deletes the lease if it is still ours.
+    pub async fn release(&mut self, partition: u32) -> Result<(), WriteError> {
+        if let Some(rev) = self.held.remove(&partition) {
+            self.kv
+                .delete_expect_revision(lease_key(&self.projector, partition), Some(rev))
+                .await
+                .map_err(|e| nats_err("release")(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Releases everything and removes the heartbeat (graceful shutdown).
+    pub async fn release_all(&mut self) -> Result<(), WriteError> {
+        for p in self.held() {
+            self.release(p).await?;
+        }
+        self.kv
+            .delete(instance_key(&self.projector, &self.instance))
+            .await
+            .map_err(|e| nats_err("heartbeat delete")(e.to_string()))
+    }
+}
+
+/// How often leases are refreshed: a third of the TTL, so two missed rounds still keep them.
+pub fn tick_interval(ttl: Duration) -> Duration {
+    ttl / 3
+}

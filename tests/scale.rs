@@ -1,0 +1,206 @@
+//! Horizontal scale (issue #9): several `projector run` instances share the streams through
+//! partition leases, one is killed, the others take its partitions over, and the graph ends
+//! equal to a single-instance rebuild.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 8;
+const TTL_SECS: u64 = 3;
+const PROJECTED: [&str; 4] = [
+    "PLANNING_EVENTS",
+    "CONTEXT_EVENTS",
+    "ORCHESTRATOR_EVENTS",
+    "AGENT_RESPONSES",
+];
+
+fn partitioned_config() -> TestConfig {
+    TestConfig::with(|text| {
+        text.replace("count = 1", &format!("count = {PARTITIONS}"))
+            .replace(
+                "lease_ttl = \"10s\"",
+                &format!("lease_ttl = \"{TTL_SECS}s\""),
+            )
+    })
+}
+
+/// Partition -> holding instance, from the lease bucket.
+async fn holders(t: &TestConfig, js: &jetstream::Context) -> BTreeMap<u32, String> {
+    let Ok(kv) = js.get_key_value(&t.cfg.partitions.lease_bucket).await else {
+        return BTreeMap::new(); // no instance has created the bucket yet
+    };
+    engine::leases::holders(&kv, "graph")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// (stream, partition) -> stored checkpoint of the live generation.
+async fn checkpoints(t: &TestConfig) -> BTreeMap<(String, i64), i64> {
+    let g = neo4j(&t.cfg);
+    let mut rows = g
+        .execute(
+            neo4rs::query(
+                "MATCH (c:Checkpoint {gen: $gen}) RETURN c.stream AS s, c.partition AS p, c.seq AS q",
+            )
+            .param("gen", t.main_gen()),
+        )
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    while let Some(r) = rows.next().await.unwrap() {
+        out.insert(
+            (r.get::<String>("s").unwrap(), r.get::<i64>("p").unwrap()),
+            r.get::<i64>("q").unwrap(),
+        );
+    }
+    out
+}
+
+/// Every partition of every projected stream has stored the stream's last sequence.
+async fn all_caught_up(t: &TestConfig, js: &jetstream::Context) -> Result<(), String> {
+    let ckpts = checkpoints(t).await;
+    for base in PROJECTED {
+        let name = t.stream(base);
+        let last = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence as i64;
+        for p in 0..PARTITIONS as i64 {
+            let c = ckpts.get(&(name.clone(), p)).copied().unwrap_or(0);
+            if c != last {
+                return Err(format!("{name} p{p} at {c} of {last}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
+    let t = partitioned_config();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stories = std::env::var("SCALE_STORIES").unwrap_or_else(|_| "740".into());
+    let out = t.projector(&[
+        "bench",
+        "gen",
+        "--stories",
+        &stories,
+        "--seed",
+        "9",
+        "--publish",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+
+    let a = t.spawn_run_follow_live(&["--instance", "a"]);
+    let b = t.spawn_run_follow_live(&["--instance", "b"]);
+    let mut c = t.spawn_run_follow_live(&["--instance", "c"]);
+    // The three share the partitions: each ends up with its fair share (3, 3, 2).
+    let shared = eventually(60, || async {
+        let h = holders(&t, &js).await;
+        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+        for who in h.values() {
+            *per.entry(who.as_str()).or_default() += 1;
+        }
+        if h.len() == PARTITIONS as usize && per.len() == 3 && per.values().all(|&n| n <= 3) {
+            Ok(h)
+        } else {
+            Err(format!("{h:?}"))
+        }
+    })
+    .await;
+    let of_b: Vec<u32> = shared
+        .iter()
+        .filter(|(_, w)| *w == "b")
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(!of_b.is_empty());
+
+    // Kill b mid-run; a and c take its partitions once its leases expire.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        all_caught_up(&t, &js).await.is_err(),
+        "already caught up: the kill would not be mid-run"
+    );
+    let killed = Instant::now();
+    b.kill9();
+    let after = eventually(60, || async {
+        let h = holders(&t, &js).await;
+        if h.len() == PARTITIONS as usize && h.values().all(|w| w != "b") {
+            Ok(h)
+        } else {
+            Err(format!("{h:?}"))
+        }
+    })
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!(
+        "takeover of partitions {of_b:?} after kill -9: {:.1} s (lease TTL {TTL_SECS} s); now {after:?}",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover < Duration::from_secs(TTL_SECS * 4),
+        "takeover took {takeover:?}"
+    );
+
+    eventually(600, || all_caught_up(&t, &js)).await;
+    assert!(c.alive(), "{}", c.log());
+    // Each instance handled only its partitions' events: together a and c handled every
+    // event at most once more than the ones b committed before it died, and neither alone
+    // handled them all (a worker that ignored the partition filter would, once per partition).
+    let total: u64 = {
+        let mut n = 0;
+        for base in PROJECTED {
+            n += js
+                .get_stream(t.stream(base))
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages;
+        }
+        n
+    };
+    let (by_a, by_c) = (
+        a.metric("projector_events_total", &[]) as u64,
+        c.metric("projector_events_total", &[]) as u64,
+    );
+    eprintln!("events handled: a {by_a}, c {by_c}, of {total}");
+    assert!(by_a > 0 && by_c > 0);
+    assert!(
+        by_a < total && by_c < total,
+        "an instance handled more than its partitions"
+    );
+    assert!(by_a + by_c <= total, "events handled twice");
+    let log_c = c.log();
+    assert_eq!(a.terminate(), Some(0));
+    assert_eq!(c.terminate(), Some(0));
+    // The survivors logged the takeover.
+    assert!(log_c.contains("partition acquired"), "{log_c}");
+    assert!(
+        holders(&t, &js).await.is_empty(),
+        "leases released on shutdown"
+    );
+
+    // Nothing parked, and the graph equals a single-instance rebuild of the same events.
+    let out = t.projector(&["dlq", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let parked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(parked.as_array().unwrap().len(), 0, "{parked}");
+    let out = t.projector(&["verify", "--against-rebuild"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+}
