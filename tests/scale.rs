@@ -154,6 +154,20 @@ async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
         takeover < Duration::from_secs(TTL_SECS * 4),
         "takeover took {takeover:?}"
     );
+    // `streams status` shows who holds which partition.
+    let out = t.projector(&["streams", "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = stdout(&out);
+    let planning = t.stream("PLANNING_EVENTS");
+    for (p, who) in &after {
+        let line = format!("{planning:<22} p{p:<3}");
+        assert!(
+            status
+                .lines()
+                .any(|l| l.contains(&line) && l.ends_with(&format!("held by {who}"))),
+            "{line} held by {who}:\n{status}"
+        );
+    }
 
     eventually(600, || all_caught_up(&t, &js)).await;
     assert!(c.alive(), "{}", c.log());

@@ -50,7 +50,7 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
         }
         StreamsCommand::Status(args) => {
             let st = streams::status(&js, &specs).await?;
-            let progress = projector_progress(cfg, args.generation.as_deref(), &st).await;
+            let progress = projector_progress(cfg, &js, args.generation.as_deref(), &st).await;
             if args.json {
                 let (projectors, lost, neo4j_error) = match &progress {
                     Ok((p, l, _)) => (p.clone(), l.clone(), None),
@@ -108,10 +108,18 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 Ok((projectors, lost, generation)) => {
                     println!("\nPROJECTOR CHECKPOINTS (generation {generation})");
                     for p in projectors {
+                        let owner = match &p["holder"] {
+                            serde_json::Value::String(h) => format!("  held by {h}"),
+                            serde_json::Value::Null if cfg.partitions.count > 1 => {
+                                "  no holder".into()
+                            }
+                            _ => String::new(),
+                        };
                         println!(
-                            "  {:<10} {:<22} checkpoint {:>10}  lag {:>8}",
+                            "  {:<10} {:<22} p{:<3} checkpoint {:>10}  lag {:>8}{owner}",
                             p["projector"].as_str().unwrap_or(""),
                             p["stream"].as_str().unwrap_or(""),
+                            p["partition"].as_u64().unwrap_or(0),
                             p["checkpoint"]
                                 .as_u64()
                                 .map(|c| c.to_string())
@@ -146,9 +154,11 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
 
 type Progress = (Vec<serde_json::Value>, Vec<serde_json::Value>, String);
 
-/// Checkpoints (with lag) and lost ranges of a generation, from Neo4j.
+/// Checkpoints (with lag) per partition, the instance holding each partition's lease, and
+/// lost ranges of a generation.
 async fn projector_progress(
     cfg: &Config,
+    js: &async_nats::jetstream::Context,
     generation: Option<&str>,
     st: &[streams::StreamStatus],
 ) -> Result<Progress, engine::error::WriteError> {
@@ -159,21 +169,36 @@ async fn projector_progress(
         None => engine::generations::live(&g).await?,
     };
     let generation = generation.as_str();
+    let kv = if cfg.partitions.count > 1 {
+        js.get_key_value(&cfg.partitions.lease_bucket).await.ok()
+    } else {
+        None
+    };
     let mut projectors = Vec::new();
     for p in &cfg.projectors {
+        let holders: std::collections::BTreeMap<u32, String> = match &kv {
+            Some(kv) => engine::leases::holders(kv, &p.name)
+                .await?
+                .into_iter()
+                .collect(),
+            None => Default::default(),
+        };
         for s in &p.streams {
-            let ckpt = g
-                .checkpoint(generation, &CheckpointKey::new(&p.name, s, 0))
-                .await?;
             let last = st
                 .iter()
                 .find(|x| &x.name == s)
                 .map(|x| x.last_seq)
                 .unwrap_or(0);
-            projectors.push(serde_json::json!({
-                "projector": p.name, "stream": s, "partition": 0,
-                "checkpoint": ckpt, "lag": last.saturating_sub(ckpt.unwrap_or(0)),
-            }));
+            for part in 0..cfg.partitions.count {
+                let ckpt = g
+                    .checkpoint(generation, &CheckpointKey::new(&p.name, s, part))
+                    .await?;
+                projectors.push(serde_json::json!({
+                    "projector": p.name, "stream": s, "partition": part,
+                    "holder": holders.get(&part),
+                    "checkpoint": ckpt, "lag": last.saturating_sub(ckpt.unwrap_or(0)),
+                }));
+            }
         }
     }
     let lost = g
