@@ -218,3 +218,200 @@ async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
     let out = t.projector(&["verify", "--against-rebuild"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
 }
+
+/// The same test names (streams, keys, generation) with `[partitions] count = n`.
+fn with_count(t: &TestConfig, n: u32) -> TestConfig {
+    let text = std::fs::read_to_string(&t.path)
+        .unwrap()
+        .replace("count = 1", &format!("count = {n}"))
+        .replace(
+            "lease_ttl = \"10s\"",
+            &format!("lease_ttl = \"{TTL_SECS}s\""),
+        );
+    let path = t.path.with_extension(format!("p{n}.toml"));
+    std::fs::write(&path, &text).unwrap();
+    let mut cfg = engine::config::Config::from_toml(&text, "test").unwrap();
+    cfg.apply_env(&std::env::vars().collect());
+    TestConfig {
+        tag: t.tag.clone(),
+        upper: t.upper.clone(),
+        cfg,
+        path,
+    }
+}
+
+async fn total_messages(t: &TestConfig, js: &jetstream::Context) -> u64 {
+    let mut n = 0;
+    for base in PROJECTED {
+        n += js
+            .get_stream(t.stream(base))
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+    }
+    n
+}
+
+async fn caught_up(t: &TestConfig, js: &jetstream::Context, partitions: u32) -> Result<(), String> {
+    let ckpts = checkpoints(t).await;
+    for base in PROJECTED {
+        let name = t.stream(base);
+        let last = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence as i64;
+        for p in 0..partitions as i64 {
+            match ckpts.get(&(name.clone(), p)) {
+                Some(&c) if c == last => {}
+                other => return Err(format!("{name} p{p} at {other:?} of {last}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One instance drained, then four partitions: the new partitions start where the single
+/// instance stopped (no event handled again); a rebuild keeps the layout; a layout that was
+/// not drained is refused with what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_to_four_partitions_after_draining_then_rebuild_handles_nothing_twice() {
+    let one = TestConfig::new();
+    let out = one.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = one.projector(&[
+        "bench",
+        "gen",
+        "--stories",
+        "40",
+        "--seed",
+        "3",
+        "--publish",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&one.cfg).await);
+    // Drain: a single instance catches up and stops.
+    let out = one.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = total_messages(&one, &js).await;
+
+    // Switch to four partitions; new events arrive.
+    let four = with_count(&one, 4);
+    let load = |first: &str| {
+        four.projector(&[
+            "bench",
+            "load",
+            "--rate",
+            "1000",
+            "--duration",
+            "1s",
+            "--first-story",
+            first,
+            "--seed",
+            "3",
+        ])
+    };
+    assert!(load("700001").status.success());
+    let a = four.spawn_run_follow_live(&["--instance", "a"]);
+    let b = four.spawn_run_follow_live(&["--instance", "b"]);
+    eventually(300, || caught_up(&four, &js, 4)).await;
+    let after = total_messages(&four, &js).await;
+    let handled = a.metric("projector_events_total", &[]) as u64
+        + b.metric("projector_events_total", &[]) as u64;
+    assert_eq!(
+        handled,
+        after - before,
+        "exactly the events published after the switch were handled"
+    );
+    let log_a = a.log() + &b.log();
+    assert!(
+        log_a.contains("checkpoint layout set for 4 partition(s)"),
+        "{log_a}"
+    );
+    assert_eq!(a.terminate(), Some(0));
+    assert_eq!(b.terminate(), Some(0));
+
+    // A rebuild with four partitions: the new live generation has all four checkpoints,
+    // where the rebuild ended, so an instance goes on from there.
+    let out = four.projector(&["rebuild", "--name", &format!("{}-r", four.tag)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let g = neo4j(&four.cfg);
+    let mut rows = g
+        .execute(
+            neo4rs::query(
+                "MATCH (c:Checkpoint {gen: $gen}) RETURN count(c) AS n, min(c.seq) AS lo, max(c.seq) AS hi, \
+                 count(DISTINCT c.partition) AS parts",
+            )
+            .param("gen", format!("{}-r", four.tag)),
+        )
+        .await
+        .unwrap();
+    let r = rows.next().await.unwrap().unwrap();
+    assert_eq!(r.get::<i64>("parts").unwrap(), 4);
+    assert_eq!(r.get::<i64>("n").unwrap(), 16, "4 partitions x 4 streams");
+    let before = total_messages(&four, &js).await;
+    assert!(load("710001").status.success());
+    let c = four.spawn_run_follow_live(&["--instance", "c"]);
+    let live = format!("{}-r", four.tag);
+    eventually(300, || async {
+        let ckpts = {
+            let mut rows = g
+                .execute(
+                    neo4rs::query(
+                        "MATCH (c:Checkpoint {gen: $gen}) RETURN c.stream AS s, c.seq AS q",
+                    )
+                    .param("gen", live.as_str()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut v = Vec::new();
+            while let Some(r) = rows.next().await.map_err(|e| e.to_string())? {
+                v.push((r.get::<String>("s").unwrap(), r.get::<i64>("q").unwrap()));
+            }
+            v
+        };
+        for (s, q) in ckpts {
+            let last = js
+                .get_stream(&s)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .last_sequence;
+            if q as u64 != last {
+                return Err(format!("{s} at {q} of {last}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let after = total_messages(&four, &js).await;
+    assert_eq!(
+        c.metric("projector_events_total", &[]) as u64,
+        after - before,
+        "after the rebuild, only new events were handled"
+    );
+    assert_eq!(c.terminate(), Some(0));
+
+    // Not drained: partition 2 behind the others. Going back to one partition is refused.
+    g.run(
+        neo4rs::query("MATCH (c:Checkpoint {gen: $gen, partition: 2}) SET c.seq = c.seq - 1")
+            .param("gen", live.as_str()),
+    )
+    .await
+    .unwrap();
+    let out = one.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("was not drained"), "{}", stderr(&out));
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod generations;
 pub mod health;
 pub mod history;
+pub mod layout;
 pub mod leases;
 pub mod metrics;
 pub mod nats;

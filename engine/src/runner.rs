@@ -47,6 +47,18 @@ pub enum RunError {
     UnknownProjector(String, String),
     #[error("cannot serve metrics on {addr}: {message}")]
     Serve { addr: SocketAddr, message: String },
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutApplyError),
+    #[error(
+        "generation {generation} is written in partitions ({stream} has checkpoints for {partitions:?}); \
+         --until-caught-up reads a stream as one partition. Run without it (the instances share \
+         the partitions), or give --generation a separate generation"
+    )]
+    PartitionedGeneration {
+        generation: String,
+        stream: String,
+        partitions: Vec<u32>,
+    },
     #[error("{} worker(s) failed: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Workers(Vec<WorkerError>),
 }
@@ -168,6 +180,38 @@ pub async fn run(
         None => crate::generations::live(&shared.graph).await?,
     };
     let live = follow_live || generation == crate::generations::live(&shared.graph).await?;
+    let partitioned = cfg.partitions.count > 1 && !opts.until_caught_up;
+    for p in &projectors {
+        if partitioned || cfg.partitions.count == 1 {
+            let count = cfg.partitions.count;
+            let changed = crate::layout::apply(
+                &shared.graph,
+                &generation,
+                &p.name,
+                &p.streams,
+                count,
+                &shared.js,
+            )
+            .await?;
+            for (stream, plan) in changed {
+                tracing::info!(projector = %p.name, %stream, created = ?plan.create, removed = ?plan.delete, at = plan.at, "checkpoint layout set for {count} partition(s)");
+            }
+        } else {
+            for stream in &p.streams {
+                let found = shared
+                    .graph
+                    .checkpoints_of(&generation, &p.name, stream)
+                    .await?;
+                if found.keys().any(|&k| k > 0) {
+                    return Err(RunError::PartitionedGeneration {
+                        generation: generation.clone(),
+                        stream: stream.clone(),
+                        partitions: found.keys().copied().collect(),
+                    });
+                }
+            }
+        }
+    }
     let mut set = tokio::task::JoinSet::new();
     let base = WorkerBase {
         cfg,
@@ -176,7 +220,7 @@ pub async fn run(
         follow_live,
         cache_prefix: shared.cache.gen_prefix(&generation, live),
     };
-    if cfg.partitions.count > 1 && !opts.until_caught_up {
+    if partitioned {
         let watcher = tokio::spawn({
             let stop_tx = stop_tx.clone();
             async move {

@@ -141,7 +141,23 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
     }
     // Live keeps moving: catch up again until the switch finds the new generation not behind.
     let mut promoted = false;
+    let streams = cfg
+        .projector(&a.projector)
+        .map(|p| p.streams.clone())
+        .unwrap_or_default();
+    let others: Vec<u32> = (1..cfg.partitions.count).collect();
     for attempt in 0..20 {
+        // The build read every stream as one partition; with partitions configured, each
+        // starts where that pass ended, so live workers switching over apply nothing twice.
+        for s in &streams {
+            let at = graph
+                .checkpoint(&name, &CheckpointKey::new(&a.projector, s, 0))
+                .await?
+                .unwrap_or(0);
+            graph
+                .set_checkpoints(&name, &a.projector, s, &others, at)
+                .await?;
+        }
         if generations::promote(&graph, &name, &keys).await? {
             promoted = true;
             break;
@@ -150,6 +166,12 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
             attempt,
             "live is ahead of {name}; catching up before the switch"
         );
+        // Back to one partition for the next catch-up pass (nothing wrote the others).
+        for s in &streams {
+            graph
+                .delete_checkpoints(&name, &a.projector, s, &others)
+                .await?;
+        }
         build_generation(cfg, &a.projector, &name, None, a.batch_size as usize).await?;
     }
     if !promoted {

@@ -6,6 +6,7 @@ use crate::error::WriteError;
 use neo4rs::{query, BoltList, BoltMap, BoltNull, BoltType, Graph, Query};
 use projections::context::StoryContext;
 use projections::{CompactBatch, Group, NodeWrite, Outbound, Prop, Rel, RelWrite};
+use std::collections::BTreeMap;
 
 /// Identifies one checkpoint: a projector's position in one partition of one stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -290,6 +291,82 @@ impl GraphSink {
             Some(row) => Ok(Some(field::<i64>(&row, "seq")? as u64)),
             None => Ok(None),
         }
+    }
+
+    /// Every partition's checkpoint of one projector and stream: partition -> sequence.
+    pub async fn checkpoints_of(
+        &self,
+        gen: &str,
+        projector: &str,
+        stream: &str,
+    ) -> Result<BTreeMap<u32, u64>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(
+                    "MATCH (c:Checkpoint {gen: $gen}) WHERE c.projector = $projector AND c.stream = $stream \
+                     RETURN c.partition AS p, c.seq AS seq",
+                )
+                .param("gen", gen)
+                .param("projector", projector)
+                .param("stream", stream),
+            )
+            .await
+            .map_err(self.err())?;
+        let mut out = BTreeMap::new();
+        while let Some(row) = rows.next().await.map_err(self.err())? {
+            out.insert(
+                field::<i64>(&row, "p")? as u32,
+                field::<i64>(&row, "seq")? as u64,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Creates the checkpoints of `partitions` at `seq` where none exists (a new layout).
+    pub async fn set_checkpoints(
+        &self,
+        gen: &str,
+        projector: &str,
+        stream: &str,
+        partitions: &[u32],
+        seq: u64,
+    ) -> Result<(), WriteError> {
+        for &p in partitions {
+            let key = CheckpointKey::new(projector, stream, p);
+            self.graph
+                .run(
+                    query(
+                        "MERGE (c:Checkpoint {gen: $gen, id: $id}) \
+                         ON CREATE SET c.projector = $projector, c.stream = $stream, \
+                         c.partition = $partition, c.seq = $seq",
+                    )
+                    .param("gen", gen)
+                    .param("id", key.id())
+                    .param("projector", projector)
+                    .param("stream", stream)
+                    .param("partition", p as i64)
+                    .param("seq", seq as i64),
+                )
+                .await
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the checkpoints of `partitions` (a layout that no longer has them).
+    pub async fn delete_checkpoints(
+        &self,
+        gen: &str,
+        projector: &str,
+        stream: &str,
+        partitions: &[u32],
+    ) -> Result<(), WriteError> {
+        for &p in partitions {
+            self.delete_checkpoint(gen, &CheckpointKey::new(projector, stream, p))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Removes a checkpoint (a finished replay's progress).
