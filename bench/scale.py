@@ -95,18 +95,42 @@ async def caught_up(partitions):
     return all(got.get((s, p)) == last[s] for s in PROJECTED for p in range(partitions))
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def neo4j_pid():
+    run = Path(os.environ.get("STACK_DIR", ROOT / ".local")) / "run" / "neo4j.pid"
+    return int(run.read_text().strip())
+
+
 def timed_instances(binary, cfg, n, partitions, first_port):
+    """Seconds until caught up, and the CPU cores Neo4j and the instances used meanwhile."""
     env = dict(os.environ, PROJECTOR_CONFIG=str(cfg), PROJECTOR_LOG=os.environ.get("PROJECTOR_LOG", "warn"))
     asyncio.run(reset_graph())
+    neo = neo4j_pid()
+    neo0 = cpu_seconds(neo)
     t0 = time.monotonic()
     procs = [subprocess.Popen([binary, "run", "--instance", f"i{i}", "--metrics-addr", f"127.0.0.1:{first_port + i}"],
                               env=env) for i in range(n)]
+    last_cpu = {p.pid: 0.0 for p in procs}
     try:
         while not asyncio.run(caught_up(partitions)):
             if any(p.poll() is not None for p in procs):
                 raise SystemExit("scale: an instance exited early")
+            for p in procs:
+                last_cpu[p.pid] = max(last_cpu[p.pid], cpu_seconds(p.pid))
             time.sleep(0.5)
-        return time.monotonic() - t0
+        secs = time.monotonic() - t0
+        for p in procs:
+            last_cpu[p.pid] = max(last_cpu[p.pid], cpu_seconds(p.pid))
+        return secs, dict(neo4j_cores=round((cpu_seconds(neo) - neo0) / secs, 2),
+                          projector_cores=round(sum(last_cpu.values()) / secs, 2))
     finally:
         for p in procs:
             p.terminate()
@@ -132,18 +156,29 @@ def main():
     events = int(re.search(r"published (\d+) events", out).group(1))
     results = dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), events=events,
                    partitions=args.partitions, cores=os.cpu_count(), rows=[])
-    secs = timed_instances(args.binary, single, 1, 1, args.port)
-    results["rows"].append(dict(instances=1, partitions=1, seconds=round(secs, 1), events_per_s=round(events / secs)))
-    log(f"single: {events / secs:.0f} events/s")
+    # A cold Neo4j JVM is twice as slow (docs/benchmarks.md): warm it with a scratch ceiling run.
+    sh([args.binary, "bench", "ceiling", "--stories", 300, "--seed", 99, "--generation", "scale-warmup"], env)
+    sh([args.binary, "generations", "drop", "scale-warmup"], env)
+
+    def single_round(label):
+        secs, cpu = timed_instances(args.binary, single, 1, 1, args.port)
+        results["rows"].append(dict(instances=1, partitions=1, seconds=round(secs, 1), events_per_s=round(events / secs),
+                                    note=label, **cpu))
+        log(f"single ({label}): {events / secs:.0f} events/s")
+
+    single_round("first")
     for n in [int(x) for x in args.instances.split(",")]:
-        secs = timed_instances(args.binary, parted, n, args.partitions, args.port)
+        secs, cpu = timed_instances(args.binary, parted, n, args.partitions, args.port)
         results["rows"].append(dict(instances=n, partitions=args.partitions, seconds=round(secs, 1),
-                                    events_per_s=round(events / secs)))
+                                    events_per_s=round(events / secs), **cpu))
         log(f"{n} instance(s), {args.partitions} partitions: {events / secs:.0f} events/s")
+    single_round("again, last")  # the same reference after the others: drift of the machine
     (ROOT / "bench" / "results" / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{events} events, {results['cores']} cores\n\n| instances | partitions | seconds | events/s |\n|---|---|---|---|")
+    print(f"{events} events, {results['cores']} cores\n\n| instances | partitions | seconds | events/s | Neo4j cores | projector cores |\n|---|---|---|---|---|---|")
     for r in results["rows"]:
-        print(f"| {r['instances']} | {r['partitions']} | {r['seconds']} | {r['events_per_s']} |")
+        note = f" ({r['note']})" if r.get("note") else ""
+        print(f"| {r['instances']}{note} | {r['partitions']} | {r['seconds']} | {r['events_per_s']} | "
+              f"{r['neo4j_cores']} | {r['projector_cores']} |")
 
 
 if __name__ == "__main__":
