@@ -191,17 +191,7 @@ async fn projector_runs_with_least_privilege_and_cannot_do_more() {
     assert_eq!(count_nodes(&g, &gen, "Decision", "id", "D-A").await, 1);
     let messages = |base: &'static str| {
         let (admin, name) = (admin.clone(), t.stream(base));
-        async move {
-            admin
-                .get_stream(name)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages
-        }
+        async move { stream_state(&admin, &name).await.messages }
     };
     assert_eq!(
         messages("CONTEXT_EVENTS").await,

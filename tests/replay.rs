@@ -30,15 +30,7 @@ fn replay(t: &TestConfig, args: &[&str]) -> std::process::Output {
 async fn bad_ranges_are_refused_with_exit_2_naming_the_limit() {
     let (t, js) = projected_history(3, 1).await;
     let planning = t.stream("PLANNING_EVENTS");
-    let last = js
-        .get_stream(&planning)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let last = stream_state(&js, &planning).await.last_sequence;
     let before = t.digest(&t.tag);
 
     let far = (last + 1).to_string();

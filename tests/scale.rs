@@ -62,30 +62,6 @@ async fn checkpoints(t: &TestConfig) -> BTreeMap<(String, i64), i64> {
     out
 }
 
-/// Every partition of every projected stream has stored the stream's last sequence.
-async fn all_caught_up(t: &TestConfig, js: &jetstream::Context) -> Result<(), String> {
-    let ckpts = checkpoints(t).await;
-    for base in PROJECTED {
-        let name = t.stream(base);
-        let last = js
-            .get_stream(&name)
-            .await
-            .map_err(|e| e.to_string())?
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .state
-            .last_sequence as i64;
-        for p in 0..PARTITIONS as i64 {
-            let c = ckpts.get(&(name.clone(), p)).copied().unwrap_or(0);
-            if c != last {
-                return Err(format!("{name} p{p} at {c} of {last}"));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
     let t = partitioned_config();
@@ -131,7 +107,7 @@ async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
     // Kill b mid-run; a and c take its partitions once its leases expire.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        all_caught_up(&t, &js).await.is_err(),
+        caught_up(&t, &js, PARTITIONS).await.is_err(),
         "already caught up: the kill would not be mid-run"
     );
     let killed = Instant::now();
@@ -169,7 +145,7 @@ async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
         );
     }
 
-    eventually(600, || all_caught_up(&t, &js)).await;
+    eventually(600, || caught_up(&t, &js, PARTITIONS)).await;
     assert!(c.alive(), "{}", c.log());
     // Each instance handled only its partitions' events: together a and c handled every
     // event at most once more than the ones b committed before it died, and neither alone
@@ -243,32 +219,17 @@ fn with_count(t: &TestConfig, n: u32) -> TestConfig {
 async fn total_messages(t: &TestConfig, js: &jetstream::Context) -> u64 {
     let mut n = 0;
     for base in PROJECTED {
-        n += js
-            .get_stream(t.stream(base))
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
+        n += stream_state(js, &t.stream(base)).await.messages;
     }
     n
 }
 
+/// Every partition of every projected stream has stored the stream's last sequence.
 async fn caught_up(t: &TestConfig, js: &jetstream::Context, partitions: u32) -> Result<(), String> {
     let ckpts = checkpoints(t).await;
     for base in PROJECTED {
         let name = t.stream(base);
-        let last = js
-            .get_stream(&name)
-            .await
-            .map_err(|e| e.to_string())?
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .state
-            .last_sequence as i64;
+        let last = stream_state(js, &name).await.last_sequence as i64;
         for p in 0..partitions as i64 {
             match ckpts.get(&(name.clone(), p)) {
                 Some(&c) if c == last => {}

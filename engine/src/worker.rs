@@ -1160,7 +1160,14 @@ impl Worker {
         let graph = self.sh.graph.clone();
         let prefix = self.cfg.cache_prefix.clone();
         let ckpt = self.checkpoint;
-        tracing::warn!(worker = %self.name, valkey_checkpoint = ?valkey, neo4j_checkpoint = ckpt, "Valkey is behind Neo4j (a crash between the two commits); re-rendering this generation's story contexts");
+        match valkey {
+            None => {
+                tracing::info!(worker = %self.name, neo4j_checkpoint = ckpt, "no Valkey checkpoint yet (a new generation or partition); rendering this generation's story contexts")
+            }
+            Some(v) => {
+                tracing::warn!(worker = %self.name, valkey_checkpoint = v, neo4j_checkpoint = ckpt, "Valkey is not at Neo4j's checkpoint (a crash between the two commits); re-rendering this generation's story contexts")
+            }
+        }
         self.retry("repair Valkey", &[], || {
             let (graph, cache, gen, prefix, key) = (
                 graph.clone(),

@@ -20,6 +20,8 @@ pub mod context;
 pub mod decode;
 pub mod envelope;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod ops;
 pub mod partition;

@@ -170,6 +170,21 @@ pub async fn valkey(cfg: &Config) -> redis::aio::MultiplexedConnection {
         .expect("Valkey is up (run `dev/stack up`)")
 }
 
+/// A stream's state (messages, first and last sequence); panics if the stream is missing.
+pub async fn stream_state(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::stream::State {
+    js.get_stream(name)
+        .await
+        .unwrap_or_else(|e| panic!("stream {name}: {e}"))
+        .info()
+        .await
+        .unwrap()
+        .state
+        .clone()
+}
+
 /// Retries an async check until it holds or `secs` pass (for servers coming back up).
 pub async fn eventually<F, Fut, T, E: std::fmt::Debug>(secs: u64, mut f: F) -> T
 where
