@@ -443,9 +443,21 @@ async fn run_partitioned(
             _ = tick.tick(), if deadline.is_none() => {
                 for (i, l) in leases.iter_mut().enumerate() {
                     let p = &projectors[i];
+                    // An instance holding no partition is a ready standby while its upkeep works.
+                    let upkeep = format!("{}/leases", p.name);
                     let ch = match l.tick().await {
-                        Ok(ch) => ch,
+                        Ok(ch) => {
+                            shared.health.update(&upkeep, |h| {
+                                h.connected = true;
+                                h.last_error = None;
+                            });
+                            ch
+                        }
                         Err(e) => {
+                            shared.health.update(&upkeep, |h| {
+                                h.connected = false;
+                                h.last_error = Some(e.to_string());
+                            });
                             shared.metrics.write_errors.with_label_values(&[&p.name, "-", "lease"]).inc();
                             tracing::warn!(projector = %p.name, error = %e, "lease upkeep failed; retrying next round (a lease not refreshed within its TTL passes to another instance)");
                             continue;
