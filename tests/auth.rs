@@ -9,8 +9,7 @@ mod common;
 
 use async_nats::jetstream;
 use common::*;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 const PROJECTED: [&str; 5] = [
@@ -20,20 +19,6 @@ const PROJECTED: [&str; 5] = [
     "AGENT_RESPONSES",
     "PROJECTOR_DLQ",
 ];
-
-/// A nats-server with two users: `admin` (everything) and `projector` (least privilege).
-struct AuthServer {
-    child: Child,
-    url: String,
-    _dir: PathBuf,
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The projector user's permissions: the JetStream API calls of `projector run` on its own
 /// streams (stream info and message get; consumer create, info, delete, next; acks), its
@@ -59,69 +44,25 @@ fn projector_permissions(t: &TestConfig) -> String {
     )
 }
 
-fn start_server(t: &TestConfig) -> AuthServer {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-nats", t.tag));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n\
-             authorization {{ users = [\n\
+fn start_server(t: &TestConfig) -> OwnNats {
+    OwnNats::start(
+        &t.tag,
+        &format!(
+            "authorization {{ users = [\n\
                {{ user: admin, password: admin-pw }}\n\
                {{ user: projector, password: projector-pw, permissions: {} }}\n\
              ] }}\n",
-            dir.join("js").display(),
             projector_permissions(t)
         ),
     )
-    .unwrap();
-    let venv = std::env::var("VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join(".local/venv"));
-    let log = std::fs::File::create(dir.join("nats.log")).unwrap();
-    let child = Command::new(venv.join("bin/nats-server"))
-        .arg("-c")
-        .arg(&conf)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("nats-server from the stack's venv (run `dev/stack install`)");
-    let url = format!("nats://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    AuthServer {
-        child,
-        url,
-        _dir: dir,
-    }
 }
 
 /// Runs the projector binary against the auth server as `user`.
-fn projector_as(
-    t: &TestConfig,
-    s: &AuthServer,
-    user: &str,
-    password: &str,
-    args: &[&str],
-) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_projector"))
-        .arg("--config")
-        .arg(&t.path)
-        .args(args)
-        .env("NATS_URL", &s.url)
-        .env("NATS_USER", user)
-        .env("NATS_PASSWORD", password)
-        .output()
-        .expect("projector binary runs")
+fn projector_as(t: &TestConfig, s: &OwnNats, user: &str, password: &str, args: &[&str]) -> Output {
+    s.projector(t, &[("NATS_USER", user), ("NATS_PASSWORD", password)], args)
 }
 
-async fn client(s: &AuthServer, user: &str, password: &str) -> jetstream::Context {
+async fn client(s: &OwnNats, user: &str, password: &str) -> jetstream::Context {
     let c = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
         .connect(&s.url)
         .await

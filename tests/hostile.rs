@@ -97,3 +97,53 @@ async fn injection_shaped_ids_and_values_are_plain_strings() {
         assert_eq!(line.matches('"').count(), 4, "{line}");
     }
 }
+
+/// An oversized message (over the decoder's 1 MiB limit) is parked with its reason, and the
+/// stream goes on. NATS's default `max_payload` is the same 1 MiB, so such a message cannot
+/// reach a stream of a default server; this test's own server accepts up to 4 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_message_is_parked_with_its_reason_and_the_stream_goes_on() {
+    let t = TestConfig::new();
+    let server = OwnNats::start(&t.tag, "max_payload: 4MB\n");
+    let out = server.projector(&t, &[], &["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let client = async_nats::connect(&server.url).await.unwrap();
+    let js = jetstream::new(client);
+    let padding = "x".repeat(1536 * 1024);
+    let big = serde_json::json!({"story_id": "US-BIG", "title": padding}).to_string();
+    let good =
+        serde_json::json!({"story_id": "US-AFTER", "title": "after the big one"}).to_string();
+    for payload in [big, good] {
+        js.publish(t.subject("planning.story.created"), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let out = server.projector(
+        &t,
+        &[],
+        &["run", "--until-caught-up", "--metrics-addr", "off"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = server.projector(&t, &[], &["dlq", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let parked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parked = parked.as_array().unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0]["kind"], "too_large");
+    assert!(
+        parked[0]["reason"].as_str().unwrap().contains("1048576"),
+        "the reason names the limit: {}",
+        parked[0]["reason"]
+    );
+    let g = neo4j(&t.cfg);
+    assert_eq!(
+        count_nodes(&g, &t.main_gen(), "Story", "id", "US-AFTER").await,
+        1
+    );
+    assert_eq!(
+        count_nodes(&g, &t.main_gen(), "Story", "id", "US-BIG").await,
+        0
+    );
+}

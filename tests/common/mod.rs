@@ -414,3 +414,69 @@ pub async fn wait_for_count(
     })
     .await
 }
+
+/// A nats-server of a test's own (the stack's binary, a free port, JetStream in the test's
+/// folder) with extra configuration, e.g. an `authorization` block or a bigger
+/// `max_payload`. Killed when dropped.
+pub struct OwnNats {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl OwnNats {
+    pub fn start(tag: &str, extra_conf: &str) -> OwnNats {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-nats"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{extra_conf}",
+                dir.join("js").display()
+            ),
+        )
+        .unwrap();
+        let venv = std::env::var("VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join(".local/venv"));
+        let log = std::fs::File::create(dir.join("nats.log")).unwrap();
+        let child = Command::new(venv.join("bin/nats-server"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server from the stack's venv (run `dev/stack install`)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        OwnNats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Runs the projector binary with `t`'s config against this server, with extra env.
+    pub fn projector(&self, t: &TestConfig, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_projector"));
+        c.arg("--config")
+            .arg(&t.path)
+            .args(args)
+            .env("NATS_URL", &self.url);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("projector binary runs")
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
