@@ -24,6 +24,12 @@ const PROJECTED: [&str; 5] = [
 /// streams (stream info and message get; consumer create, info, delete, next; acks), its
 /// outbound and dead-letter subjects, and replies on its inbox. Nothing else.
 fn projector_permissions(t: &TestConfig) -> String {
+    projector_permissions_with(t, None)
+}
+
+/// The same, plus the lease bucket's subjects when the instances share partitions: its
+/// stream's info, direct gets and consumers (key listings), and the `$KV.<bucket>.>` puts.
+fn projector_permissions_with(t: &TestConfig, lease_bucket: Option<&str>) -> String {
     let mut publish = vec!["\"$JS.API.INFO\"".to_string()];
     for base in PROJECTED {
         let s = t.stream(base);
@@ -36,6 +42,17 @@ fn projector_permissions(t: &TestConfig) -> String {
             format!("\"$JS.ACK.{s}.>\""),
         ]);
     }
+    if let Some(b) = lease_bucket {
+        publish.extend([
+            format!("\"$JS.API.STREAM.INFO.KV_{b}\""),
+            format!("\"$JS.API.STREAM.MSG.GET.KV_{b}\""),
+            format!("\"$JS.API.DIRECT.GET.KV_{b}.>\""),
+            format!("\"$JS.API.CONSUMER.CREATE.KV_{b}\""),
+            format!("\"$JS.API.CONSUMER.*.KV_{b}.>\""),
+            format!("\"$JS.FC.KV_{b}.>\""),
+            format!("\"$KV.{b}.>\""),
+        ]);
+    }
     publish.push(format!("\"{}.context.>\"", t.tag));
     publish.push(format!("\"{}.projector.dlq.>\"", t.tag));
     format!(
@@ -45,6 +62,10 @@ fn projector_permissions(t: &TestConfig) -> String {
 }
 
 fn start_server(t: &TestConfig) -> OwnNats {
+    start_server_with(t, None)
+}
+
+fn start_server_with(t: &TestConfig, lease_bucket: Option<&str>) -> OwnNats {
     OwnNats::start(
         &t.tag,
         &format!(
@@ -52,7 +73,7 @@ fn start_server(t: &TestConfig) -> OwnNats {
                {{ user: admin, password: admin-pw }}\n\
                {{ user: projector, password: projector-pw, permissions: {} }}\n\
              ] }}\n",
-            projector_permissions(t)
+            projector_permissions_with(t, lease_bucket)
         ),
     )
 }
@@ -190,5 +211,79 @@ async fn wrong_password_is_a_clear_error() {
         started.elapsed() < Duration::from_secs(30),
         "gave up after {:?}, not at once",
         started.elapsed()
+    );
+}
+
+/// With partitions, the instances also need the lease bucket (created by the admin's
+/// `streams ensure`): the same user, plus only that bucket's subjects, runs partitioned.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitioned_run_works_with_least_privilege_plus_the_lease_bucket() {
+    let t = TestConfig::with(|x| {
+        x.replace("count = 1", "count = 2")
+            .replace("lease_ttl = \"10s\"", "lease_ttl = \"3s\"")
+    });
+    let bucket = t.cfg.partitions.lease_bucket.clone();
+    let server = start_server_with(&t, Some(&bucket));
+    let out = projector_as(&t, &server, "admin", "admin-pw", &["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("lease bucket for 2 partitions"),
+        "{}",
+        stdout(&out)
+    );
+    let admin = client(&server, "admin", "admin-pw").await;
+    for story in ["US-P1", "US-P2", "US-P3", "US-P4"] {
+        let payload = format!(
+            r#"{{"event_type":"PLAN_APPROVED","story_id":"{story}","plan_id":"plan-{story}","timestamp":"2025-10-16T18:00:00Z"}}"#
+        );
+        admin
+            .publish(
+                t.subject("planning.plan.approved"),
+                payload.into_bytes().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let (mut child, log) = server.spawn(
+        &t,
+        &[
+            ("NATS_USER", "projector"),
+            ("NATS_PASSWORD", "projector-pw"),
+        ],
+        &["run", "--instance", "solo", "--metrics-addr", "off"],
+    );
+    let g = neo4j(&t.cfg);
+    let gen = t.main_gen();
+    eventually(60, || async {
+        let n = count_nodes(&g, &gen, "PlanApproval", "story_id", "US-P1").await
+            + count_nodes(&g, &gen, "PlanApproval", "story_id", "US-P2").await
+            + count_nodes(&g, &gen, "PlanApproval", "story_id", "US-P3").await
+            + count_nodes(&g, &gen, "PlanApproval", "story_id", "US-P4").await;
+        if n == 4 {
+            Ok(())
+        } else {
+            Err(format!("{n} of 4 approvals"))
+        }
+    })
+    .await;
+    let kv = admin.get_key_value(&bucket).await.unwrap();
+    let held = engine::leases::holders(&kv, "graph").await.unwrap();
+    assert_eq!(held, vec![(0, "solo".to_string()), (1, "solo".to_string())]);
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(!text.contains("Permissions Violation"), "{text}");
+    assert!(
+        engine::leases::holders(&kv, "graph")
+            .await
+            .unwrap()
+            .is_empty(),
+        "leases handed back on SIGTERM"
     );
 }

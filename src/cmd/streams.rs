@@ -13,6 +13,19 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
     match cmd {
         StreamsCommand::Ensure(args) => {
             let report = streams::ensure(&js, &specs, args.migrate).await?;
+            // Several instances share partitions through this bucket; made here with the
+            // streams, so the instances' NATS user needs no right to create it.
+            if cfg.partitions.count > 1 {
+                engine::leases::bucket(&js, &cfg.partitions, cfg.stream_defaults.replicas).await?;
+                if !args.json {
+                    println!(
+                        "{}: lease bucket for {} partitions (TTL {}s)",
+                        cfg.partitions.lease_bucket,
+                        cfg.partitions.count,
+                        cfg.partitions.lease_ttl.as_secs()
+                    );
+                }
+            }
             let drifted = report
                 .iter()
                 .any(|(_, o)| matches!(o, Ensured::Drifted { .. }));

@@ -474,6 +474,31 @@ impl OwnNats {
     }
 }
 
+impl OwnNats {
+    /// Starts the projector binary against this server (e.g. a long-running `run`); its
+    /// stdout and stderr go to the returned log file.
+    pub fn spawn(
+        &self,
+        t: &TestConfig,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> (std::process::Child, PathBuf) {
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-own.log", t.tag));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_projector"));
+        c.arg("--config")
+            .arg(&t.path)
+            .args(args)
+            .env("NATS_URL", &self.url)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        (c.spawn().expect("projector binary runs"), log)
+    }
+}
+
 impl Drop for OwnNats {
     fn drop(&mut self) {
         let _ = self.child.kill();
