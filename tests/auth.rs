@@ -23,12 +23,8 @@ const PROJECTED: [&str; 5] = [
 /// The projector user's permissions: the JetStream API calls of `projector run` on its own
 /// streams (stream info and message get; consumer create, info, delete, next; acks), its
 /// outbound and dead-letter subjects, and replies on its inbox. Nothing else.
-fn projector_permissions(t: &TestConfig) -> String {
-    projector_permissions_with(t, None)
-}
-
-/// The same, plus the lease bucket's subjects when the instances share partitions: its
-/// stream's info, direct gets and consumers (key listings), and the `$KV.<bucket>.>` puts.
+/// With partitions, also the lease bucket's subjects: its stream's info, direct gets and
+/// consumers (key listings), and the `$KV.<bucket>.>` puts.
 fn projector_permissions_with(t: &TestConfig, lease_bucket: Option<&str>) -> String {
     let mut publish = vec!["\"$JS.API.INFO\"".to_string()];
     for base in PROJECTED {
