@@ -176,11 +176,21 @@ async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
         "an instance handled more than its partitions"
     );
     assert!(by_a + by_c <= total, "events handled twice");
-    let log_c = c.log();
+    let logs = a.log() + &c.log();
     assert_eq!(a.terminate(), Some(0));
     assert_eq!(c.terminate(), Some(0));
-    // The survivors logged the takeover.
-    assert!(log_c.contains("partition acquired"), "{log_c}");
+    // The survivors logged the takeover of each of b's partitions, with how long it went
+    // without a writer.
+    // Terminal colours out: `partition=6` is written with escape codes around the `=`.
+    let logs = strip_ansi(&logs);
+    for p in &of_b {
+        let line = logs
+            .lines()
+            .filter(|l| l.contains("took over a partition"))
+            .find(|l| l.contains(&format!("partition={p} from=b")))
+            .unwrap_or_else(|| panic!("no takeover of partition {p} logged:\n{logs}"));
+        eprintln!("{line}");
+    }
     assert!(
         holders(&t, &js).await.is_empty(),
         "leases released on shutdown"
@@ -375,4 +385,22 @@ async fn one_to_four_partitions_after_draining_then_rebuild_handles_nothing_twic
     let out = one.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("was not drained"), "{}", stderr(&out));
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... m
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -32,7 +32,7 @@ pub fn fair_share(partitions: u32, live: usize) -> usize {
 }
 
 /// What one round of lease upkeep changed.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Changes {
     /// Newly held: start their workers.
     pub acquired: Vec<u32>,
@@ -40,6 +40,11 @@ pub struct Changes {
     pub lost: Vec<u32>,
     /// More than our share: stop their workers, then `release` them.
     pub surplus: Vec<u32>,
+    /// Acquired partitions this instance had seen held by another instance: (partition,
+    /// that holder, seconds since it last refreshed its lease). After a crash that is how
+    /// long the partition went without a writer (within one upkeep interval); after a
+    /// hand-over, about one interval.
+    pub taken_over: Vec<(u32, String, f64)>,
 }
 
 pub struct Leases {
@@ -48,6 +53,8 @@ pub struct Leases {
     instance: String,
     partitions: u32,
     held: BTreeMap<u32, u64>,
+    /// Partitions seen held by others while we wanted them: holder and its last refresh.
+    seen: BTreeMap<u32, (String, time::OffsetDateTime)>,
 }
 
 fn nats_err(what: &str) -> impl Fn(String) -> WriteError + '_ {
@@ -120,6 +127,7 @@ impl Leases {
             instance: instance.to_string(),
             partitions,
             held: BTreeMap::new(),
+            seen: BTreeMap::new(),
         }
     }
 
@@ -174,6 +182,20 @@ impl Leases {
                 Err(e) => return Err(nats_err("refresh")(e.to_string())),
             }
         }
+        // Who holds the others, and when they last refreshed: if one of them stops, this
+        // is what says how long its partition went without a writer once we take it.
+        for p in (0..self.partitions).filter(|p| !self.held.contains_key(p)) {
+            let key = lease_key(&self.projector, p);
+            match self.kv.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                    let holder = String::from_utf8_lossy(&entry.value).into_owned();
+                    self.seen.insert(p, (holder, entry.created));
+                }
+                // Expired or released: keep the last sighting.
+                Ok(_) => {}
+                Err(e) => return Err(nats_err("read holder")(e.to_string())),
+            }
+        }
         let share = fair_share(self.partitions, self.live_instances().await?);
         if self.held.len() > share {
             ch.surplus = self
@@ -197,6 +219,10 @@ impl Leases {
                 Ok(rev) => {
                     self.held.insert(p, rev);
                     ch.acquired.push(p);
+                    if let Some((holder, refreshed)) = self.seen.remove(&p) {
+                        let gap = (time::OffsetDateTime::now_utc() - refreshed).as_seconds_f64();
+                        ch.taken_over.push((p, holder, gap));
+                    }
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(nats_err("take")(e.to_string())),

@@ -506,6 +506,9 @@ async fn run_partitioned(
                         owned.insert((i, part), Owned { stop, workers: p.streams.len() });
                         tracing::info!(projector = %p.name, partition = part, instance = %base.opts.instance, "partition acquired; its workers start from the stored checkpoints");
                     }
+                    for (part, from, gap) in &ch.taken_over {
+                        tracing::info!(projector = %p.name, partition = part, from = %from, seconds_since_its_last_refresh = format!("{gap:.1}"), lease_ttl_s = pc.lease_ttl.as_secs(), "took over a partition from another instance (its lease expired, or it handed the partition over)");
+                    }
                 }
             }
             joined = set.join_next(), if !set.is_empty() => {
