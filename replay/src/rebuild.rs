@@ -42,16 +42,25 @@ impl AsOf {
 
 /// Replays every stream of a projector from its first sequence into `t.generation`, with the
 /// run checkpoints as progress (so `run` can continue and an interrupted build resumes).
+///
+/// Up to `parallel` streams replay at once: while one waits for its commit another fetches
+/// and projects. Each stream keeps its own order; projections do not depend on the order
+/// between streams (the live workers run them concurrently too), so the graph, and its
+/// hash, is the same for any `parallel`. Reports come back in `streams` order.
+#[allow(clippy::too_many_arguments)]
 pub async fn build(
     t: &ReplayTarget<'_>,
     projector: &str,
     streams: &[String],
     as_of: Option<AsOf>,
     batch_size: usize,
-    mut on_progress: impl FnMut(&str, u64, u64),
+    parallel: usize,
+    on_progress: impl FnMut(&str, u64, u64),
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<StreamReport>, ReplayError> {
-    let mut reports = Vec::new();
+    use futures::StreamExt;
+    // Every stream is checked before any is replayed: a refusal writes nothing.
+    let mut jobs = Vec::new();
     for stream in streams {
         let (first, last) = engine::source::bounds(t.js, stream).await?;
         let to = match as_of {
@@ -78,11 +87,10 @@ pub async fn build(
                 }
             }
         }
-        let first = 1;
         let req = ReplayRequest {
             projector: projector.to_string(),
             streams: vec![stream.clone()],
-            from_seq: first.max(1),
+            from_seq: 1,
             to_seq: Some(to),
             batch_size,
             until_ts_ns: match as_of {
@@ -107,13 +115,35 @@ pub async fn build(
             },
             progress: stored,
         };
-        let report =
-            replay_stream(t, &req, &range, |done| on_progress(stream, done, to), stop).await?;
-        let completed = report.completed;
-        reports.push(report);
-        if !completed {
-            break;
-        }
+        jobs.push((req, range));
     }
-    Ok(reports)
+    let progress = std::sync::Mutex::new(on_progress);
+    let mut done: Vec<(usize, StreamReport)> = futures::stream::iter(jobs.iter().enumerate())
+        .map(|(i, (req, range))| {
+            let progress = &progress;
+            async move {
+                let report = replay_stream(
+                    t,
+                    req,
+                    range,
+                    |n| {
+                        (progress.lock().unwrap_or_else(|e| e.into_inner()))(
+                            &range.stream,
+                            n,
+                            range.to,
+                        )
+                    },
+                    stop,
+                )
+                .await?;
+                Ok::<_, ReplayError>((i, report))
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, r)| r).collect())
 }

@@ -58,6 +58,7 @@ pub async fn build_generation(
         &p.streams,
         as_of,
         batch_size,
+        cfg.neo4j.max_concurrent_writes,
         |stream, done, to| {
             if last_log.elapsed() > Duration::from_secs(5) {
                 last_log = Instant::now();
