@@ -176,6 +176,19 @@ async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
         "an instance handled more than its partitions"
     );
     assert!(by_a + by_c <= total, "events handled twice");
+    // The takeovers are metrics too: b's partitions came back through expired leases (not
+    // handed over: b was killed), with the gap between b's last refresh and the new start.
+    let sum = |name: &str, labels: &[&str]| a.metric(name, labels) + c.metric(name, labels);
+    let expired = sum("projector_partition_takeovers_total", &["how=\"expired\""]);
+    let gaps = sum("projector_partition_takeover_gap_seconds_count", &[]);
+    eprintln!("takeovers after expiry: {expired}, gaps observed: {gaps}");
+    assert!(expired >= of_b.len() as f64, "{expired} < {of_b:?}");
+    assert_eq!(gaps, expired);
+    assert_eq!(
+        sum("projector_partitions_held", &[]),
+        PARTITIONS as f64,
+        "a and c hold every partition"
+    );
     let logs = a.log() + &c.log();
     assert_eq!(a.terminate(), Some(0));
     assert_eq!(c.terminate(), Some(0));
@@ -186,7 +199,7 @@ async fn three_instances_share_partitions_survive_a_kill_and_equal_a_rebuild() {
     for p in &of_b {
         let line = logs
             .lines()
-            .filter(|l| l.contains("took over a partition"))
+            .filter(|l| l.contains("took over a partition") && l.contains("its lease expired"))
             .find(|l| l.contains(&format!("partition={p} from=b")))
             .unwrap_or_else(|| panic!("no takeover of partition {p} logged:\n{logs}"));
         eprintln!("{line}");

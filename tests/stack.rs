@@ -259,3 +259,46 @@ fn unreachable_nats_is_a_one_line_error_with_exit_1_within_seconds() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+/// Instances started together (a deployment scaled to three) create the schema at the same
+/// moment: the loser of each `CREATE ... IF NOT EXISTS` race gets
+/// `EquivalentSchemaRuleAlreadyExists` from Neo4j and must not fail its start.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_creating_the_schema_at_once_all_start() {
+    let _g = serial().await;
+    let t = TestConfig::new();
+    let g = neo4j(&t.cfg);
+    let indexes = [
+        "story_event_story",
+        "decision_story",
+        "task_status",
+        "parked_story",
+    ];
+    for round in 0..3 {
+        for name in indexes {
+            g.run(neo4rs::query(&format!("DROP INDEX {name} IF EXISTS")))
+                .await
+                .unwrap();
+        }
+        let sinks: Vec<engine::sink::graph::GraphSink> = (0..4)
+            .map(|_| engine::sink::graph::GraphSink::connect(&t.cfg.neo4j).unwrap())
+            .collect();
+        let results = futures::future::join_all(sinks.iter().map(|s| s.ensure_schema())).await;
+        for r in results {
+            r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        let mut rows = g
+            .execute(neo4rs::query(
+                "SHOW INDEXES YIELD name RETURN collect(name) AS names",
+            ))
+            .await
+            .unwrap();
+        let names: Vec<String> = rows.next().await.unwrap().unwrap().get("names").unwrap();
+        for name in indexes {
+            assert!(
+                names.iter().any(|n| n == name),
+                "round {round}: {name} missing in {names:?}"
+            );
+        }
+    }
+}

@@ -40,11 +40,40 @@ pub struct Changes {
     pub lost: Vec<u32>,
     /// More than our share: stop their workers, then `release` them.
     pub surplus: Vec<u32>,
-    /// Acquired partitions this instance had seen held by another instance: (partition,
-    /// that holder, seconds since it last refreshed its lease). After a crash that is how
-    /// long the partition went without a writer (within one upkeep interval); after a
-    /// hand-over, about one interval.
-    pub taken_over: Vec<(u32, String, f64)>,
+    /// Acquired partitions this instance had seen held by another instance.
+    pub taken_over: Vec<Takeover>,
+}
+
+/// A partition acquired after another instance held it.
+#[derive(Debug, PartialEq)]
+pub struct Takeover {
+    pub partition: u32,
+    /// The instance that held it.
+    pub from: String,
+    /// Seconds since that instance last refreshed the lease. When the lease expired (the
+    /// holder died or hung) this is how long the partition went without a writer, within one
+    /// upkeep interval.
+    pub seconds_since_refresh: f64,
+    /// The holder gave it back (fair share, shutdown) rather than letting it expire.
+    pub handed_over: bool,
+}
+
+impl Takeover {
+    /// The `how` label of `projector_partition_takeovers_total`.
+    pub fn how(&self) -> &'static str {
+        if self.handed_over {
+            "handed_over"
+        } else {
+            "expired"
+        }
+    }
+}
+
+/// The last sighting of a partition held by another instance.
+struct Sighting {
+    holder: String,
+    refreshed: time::OffsetDateTime,
+    released: bool,
 }
 
 pub struct Leases {
@@ -53,8 +82,8 @@ pub struct Leases {
     instance: String,
     partitions: u32,
     held: BTreeMap<u32, u64>,
-    /// Partitions seen held by others while we wanted them: holder and its last refresh.
-    seen: BTreeMap<u32, (String, time::OffsetDateTime)>,
+    /// Partitions seen held by others: holder, its last refresh, whether it released them.
+    seen: BTreeMap<u32, Sighting>,
 }
 
 fn nats_err(what: &str) -> impl Fn(String) -> WriteError + '_ {
@@ -189,10 +218,23 @@ impl Leases {
             match self.kv.entry(&key).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                     let holder = String::from_utf8_lossy(&entry.value).into_owned();
-                    self.seen.insert(p, (holder, entry.created));
+                    self.seen.insert(
+                        p,
+                        Sighting {
+                            holder,
+                            refreshed: entry.created,
+                            released: false,
+                        },
+                    );
                 }
-                // Expired or released: keep the last sighting.
-                Ok(_) => {}
+                // Released: the delete marker stays until it ages out.
+                Ok(Some(_)) => {
+                    if let Some(s) = self.seen.get_mut(&p) {
+                        s.released = true;
+                    }
+                }
+                // Expired (an unrefreshed entry ages out): keep the last sighting.
+                Ok(None) => {}
                 Err(e) => return Err(nats_err("read holder")(e.to_string())),
             }
         }
@@ -219,9 +261,14 @@ impl Leases {
                 Ok(rev) => {
                     self.held.insert(p, rev);
                     ch.acquired.push(p);
-                    if let Some((holder, refreshed)) = self.seen.remove(&p) {
-                        let gap = (time::OffsetDateTime::now_utc() - refreshed).as_seconds_f64();
-                        ch.taken_over.push((p, holder, gap));
+                    if let Some(s) = self.seen.remove(&p) {
+                        ch.taken_over.push(Takeover {
+                            partition: p,
+                            from: s.holder,
+                            seconds_since_refresh: (time::OffsetDateTime::now_utc() - s.refreshed)
+                                .as_seconds_f64(),
+                            handed_over: s.released,
+                        });
                     }
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}

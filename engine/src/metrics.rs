@@ -22,6 +22,12 @@ pub struct Metrics {
     pub gaps: IntCounterVec,
     pub lost_messages: IntCounterVec,
     pub outbound: IntCounterVec,
+    /// Partitions this instance holds a lease on (after each upkeep round).
+    pub partitions_held: IntGaugeVec,
+    /// how: expired (the holder stopped refreshing) | handed_over (it gave the partition back)
+    pub takeovers: IntCounterVec,
+    /// For expired leases: from the old holder's last refresh to the new holder's start.
+    pub takeover_gap: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -37,11 +43,18 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets),
-        &["projector", "stream"],
-    )
-    .expect("valid metric");
+    histogram_by(r, name, help, buckets, &["projector", "stream"])
+}
+
+fn histogram_by(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
     r.register(Box::new(h.clone())).expect("registered once");
     h
 }
@@ -134,6 +147,25 @@ impl Metrics {
                 "projector_outbound_total",
                 "Outbound events published after commit",
                 &["projector", "subject"],
+            ),
+            partitions_held: gauge(
+                &r,
+                "projector_partitions_held",
+                "Partitions this instance holds a lease on",
+                &["projector", "instance"],
+            ),
+            takeovers: counter(
+                &r,
+                "projector_partition_takeovers_total",
+                "Partitions taken from another instance, by how (expired lease, or handed over)",
+                &["projector", "how"],
+            ),
+            takeover_gap: histogram_by(
+                &r,
+                "projector_partition_takeover_gap_seconds",
+                "For partitions taken over after their lease expired: seconds from the old holder's last refresh to the new holder's start (how long the partition had no writer)",
+                vec![0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0],
+                &["projector"],
             ),
             registry: r,
         }

@@ -506,9 +506,16 @@ async fn run_partitioned(
                         owned.insert((i, part), Owned { stop, workers: p.streams.len() });
                         tracing::info!(projector = %p.name, partition = part, instance = %base.opts.instance, "partition acquired; its workers start from the stored checkpoints");
                     }
-                    for (part, from, gap) in &ch.taken_over {
-                        tracing::info!(projector = %p.name, partition = part, from = %from, seconds_since_its_last_refresh = format!("{gap:.1}"), lease_ttl_s = pc.lease_ttl.as_secs(), "took over a partition from another instance (its lease expired, or it handed the partition over)");
+                    for t in &ch.taken_over {
+                        shared.metrics.takeovers.with_label_values(&[&p.name, t.how()]).inc();
+                        if t.handed_over {
+                            tracing::info!(projector = %p.name, partition = t.partition, from = %t.from, "took over a partition from another instance (it handed the partition over)");
+                        } else {
+                            shared.metrics.takeover_gap.with_label_values(&[&p.name]).observe(t.seconds_since_refresh);
+                            tracing::info!(projector = %p.name, partition = t.partition, from = %t.from, seconds_since_its_last_refresh = format!("{:.1}", t.seconds_since_refresh), lease_ttl_s = pc.lease_ttl.as_secs(), "took over a partition from another instance (its lease expired)");
+                        }
                     }
+                    shared.metrics.partitions_held.with_label_values(&[&p.name, &base.opts.instance]).set(l.held().len() as i64);
                 }
             }
             joined = set.join_next(), if !set.is_empty() => {

@@ -243,9 +243,27 @@ impl GraphSink {
 
     /// Creates constraints and indexes (idempotent) and has the batch statement planned. Run
     /// at start.
+    ///
+    /// Instances started together race here: `IF NOT EXISTS` is checked before the rule is
+    /// created, so the loser of a race gets `EquivalentSchemaRuleAlreadyExists`. The statement
+    /// is then run again, which sees the rule and does nothing: success is confirmed by
+    /// Neo4j, not assumed from the error.
     pub async fn ensure_schema(&self) -> Result<(), WriteError> {
         for stmt in cypher::schema() {
-            self.graph.run(query(&stmt)).await.map_err(self.err())?;
+            let mut attempt = 0;
+            loop {
+                match self.graph.run(query(&stmt)).await.map_err(self.err()) {
+                    Ok(()) => break,
+                    Err(WriteError::Neo4jRefused { code, .. })
+                        if code == "Neo.ClientError.Schema.EquivalentSchemaRuleAlreadyExists"
+                            && attempt < 3 =>
+                    {
+                        tracing::debug!(statement = %stmt, "created concurrently by another process; checking again");
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         self.warm_up().await
     }
