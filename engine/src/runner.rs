@@ -79,6 +79,7 @@ pub async fn connect(cfg: &Config, health: Health, metrics: Metrics) -> Result<S
         graph_gate: Arc::new(tokio::sync::Semaphore::new(
             cfg.neo4j.max_concurrent_writes.max(1),
         )),
+        renders: Default::default(),
     })
 }
 
