@@ -1177,14 +1177,6 @@ impl Worker {
         let graph = self.sh.graph.clone();
         let prefix = self.cfg.cache_prefix.clone();
         let ckpt = self.checkpoint;
-        match valkey {
-            None => {
-                tracing::info!(worker = %self.name, neo4j_checkpoint = ckpt, "no Valkey checkpoint yet (a new generation or partition); rendering this generation's story contexts")
-            }
-            Some(v) => {
-                tracing::warn!(worker = %self.name, valkey_checkpoint = v, neo4j_checkpoint = ckpt, "Valkey is not at Neo4j's checkpoint (a crash between the two commits); re-rendering this generation's story contexts")
-            }
-        }
         let renders = self.sh.renders.clone();
         let mut renders = renders.lock().await;
         let render_key = (gen.clone(), prefix.clone());
@@ -1192,12 +1184,20 @@ impl Worker {
             .get(&render_key)
             .is_some_and(|started| *started >= checkpoint_read)
         {
-            tracing::info!(worker = %self.name, "every story context was rendered after this checkpoint was read; moving the Valkey checkpoint only");
+            tracing::info!(worker = %self.name, valkey_checkpoint = ?valkey, neo4j_checkpoint = ckpt, "Valkey behind Neo4j, but every story context was rendered after this checkpoint was read; moving the Valkey checkpoint only");
             return self
                 .retry("move the Valkey checkpoint", &[], || {
                     cache.apply(&gen, &prefix, &[], &key, ckpt)
                 })
                 .await;
+        }
+        match valkey {
+            None => {
+                tracing::info!(worker = %self.name, neo4j_checkpoint = ckpt, "no Valkey checkpoint yet (a new generation or partition); rendering this generation's story contexts")
+            }
+            Some(v) => {
+                tracing::warn!(worker = %self.name, valkey_checkpoint = v, neo4j_checkpoint = ckpt, "Valkey is not at Neo4j's checkpoint (a crash between the two commits); re-rendering this generation's story contexts")
+            }
         }
         let started = Instant::now();
         self.retry("repair Valkey", &[], || {
