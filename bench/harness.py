@@ -285,9 +285,10 @@ def main():
             log(f"latency @{rate:.0f}/s for {seconds} s: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max <= {row['max_le_ms']} ms")
             return row
 
-        # The first seconds of load after a start run on a cold Neo4j JIT for the live
-        # write path (per-group statements, context reads): measured, reported on their
-        # own row, and kept out of the steady-state figures (docs/benchmarks.md, Latency).
+        # The first 20-30 s of live writes on a Neo4j that has not served them yet are slow
+        # (seconds at p99), whatever the projector does; the cause inside Neo4j is not
+        # pinned down (docs/benchmarks.md, Latency; D21). Measured, reported on their own
+        # row, and kept out of the steady-state figures.
         first = 900001
         results["latency_warmup"] = None
         if args.warmup_seconds > 0:
