@@ -247,8 +247,27 @@ async fn total_messages(t: &TestConfig, js: &jetstream::Context) -> u64 {
     n
 }
 
-/// Every partition of every projected stream has stored the stream's last sequence.
+/// Every partition of every projected stream has stored the stream's last sequence, and
+/// still has 1.5 s later with the streams unchanged: a batch's outbound `context.updated`
+/// events are published just after its commit, so one look can fall between the two.
 async fn caught_up(t: &TestConfig, js: &jetstream::Context, partitions: u32) -> Result<(), String> {
+    let first = caught_up_once(t, js, partitions).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = caught_up_once(t, js, partitions).await?;
+    if first == second {
+        Ok(())
+    } else {
+        Err(format!("streams grew from {first:?} to {second:?}"))
+    }
+}
+
+/// One look: the last sequence of every projected stream, if every partition stored it.
+async fn caught_up_once(
+    t: &TestConfig,
+    js: &jetstream::Context,
+    partitions: u32,
+) -> Result<Vec<i64>, String> {
+    let mut lasts = Vec::new();
     let ckpts = checkpoints(t).await;
     for base in PROJECTED {
         let name = t.stream(base);
@@ -259,8 +278,9 @@ async fn caught_up(t: &TestConfig, js: &jetstream::Context, partitions: u32) -> 
                 other => return Err(format!("{name} p{p} at {other:?} of {last}")),
             }
         }
+        lasts.push(last);
     }
-    Ok(())
+    Ok(lasts)
 }
 
 /// One instance drained, then four partitions: the new partitions start where the single
