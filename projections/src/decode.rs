@@ -6,6 +6,14 @@ use thiserror::Error;
 /// Payloads above this size are refused before any parsing (1 MiB, the NATS default max payload).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
+/// The earliest event time accepted: 0000-01-01T00:00:00Z, in epoch milliseconds. Times
+/// outside the years 0000-9999 cannot be written as RFC 3339, so they are refused.
+pub const MIN_TIME_MS: i64 = -62_167_219_200_000;
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z, in epoch milliseconds.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+/// Epoch numbers below this magnitude are seconds, above it milliseconds.
+const SECONDS_BELOW: i64 = 100_000_000_000;
+
 /// Why a message could not become an event. Every variant names the subject.
 ///
 /// All of these are permanent: redelivering the same bytes gives the same error,
@@ -251,7 +259,8 @@ impl<'a> Fields<'a> {
     /// The event's own time, when it carries one: RFC 3339 text, or epoch seconds/milliseconds.
     /// Returns milliseconds since the epoch.
     pub fn opt_time_ms(&self, field: &str) -> Result<Option<i64>, DecodeError> {
-        const EXPECTED: &str = "an RFC 3339 time or epoch seconds/milliseconds";
+        const EXPECTED: &str =
+            "an RFC 3339 time or epoch seconds/milliseconds within the years 0000-9999";
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => {
@@ -266,18 +275,35 @@ impl<'a> Fields<'a> {
                 Ok(Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
             }
             Some(Value::Number(n)) => {
-                // Heuristic shared by most producers: values below 10^11 are seconds
-                // (that is the year 5138 in seconds, 1973 in milliseconds).
-                if let Some(i) = n.as_i64() {
-                    Ok(Some(if i.abs() < 100_000_000_000 {
-                        i * 1000
+                // Heuristic shared by most producers: values below 10^11 in magnitude are
+                // seconds (that is the year 5138 in seconds, 1973 in milliseconds); floats
+                // too, so Python's `time.time() * 1000` reads as milliseconds.
+                let ms = if let Some(i) = n.as_i64() {
+                    if i > -SECONDS_BELOW && i < SECONDS_BELOW {
+                        Some(i * 1000)
                     } else {
-                        i
-                    }))
-                } else if let Some(f) = n.as_f64().filter(|f| f.is_finite()) {
-                    Ok(Some((f * 1000.0) as i64))
+                        Some(i)
+                    }
                 } else {
-                    Err(self.invalid(field, EXPECTED, &Value::Number(n.clone())))
+                    n.as_f64().filter(|f| f.is_finite()).and_then(|f| {
+                        let ms = if f.abs() < SECONDS_BELOW as f64 {
+                            f * 1000.0
+                        } else {
+                            f
+                        };
+                        // Checked in f64 first: `as i64` saturates, which would store a
+                        // clamped time instead of refusing it.
+                        (ms >= MIN_TIME_MS as f64 && ms <= MAX_TIME_MS as f64).then_some(ms as i64)
+                    })
+                };
+                match ms.filter(|ms| (MIN_TIME_MS..=MAX_TIME_MS).contains(ms)) {
+                    Some(ms) => Ok(Some(ms)),
+                    None => Err(DecodeError::InvalidField {
+                        subject: self.subject.to_string(),
+                        field: self.name(field),
+                        expected: EXPECTED,
+                        found: n.to_string(),
+                    }),
                 }
             }
             Some(other) => Err(self.invalid(field, EXPECTED, other)),

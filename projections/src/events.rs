@@ -413,7 +413,10 @@ fn from_fields(subject: &str, f: &Fields<'_>) -> Result<Event, DecodeError> {
             command: match s {
                 "agent.cmd.execute" => AgentCommandKind::Execute,
                 "agent.cmd.stop" => AgentCommandKind::Stop,
-                _ => AgentCommandKind::Report,
+                "agent.cmd.report" => AgentCommandKind::Report,
+                // A subject added to CATALOG without its kind here is refused, not read
+                // as some other kind.
+                other => return Err(unmapped(other)),
             },
             task_id: f.req_str("task_id")?,
             story_id: f.opt_str("story_id")?,
@@ -424,7 +427,8 @@ fn from_fields(subject: &str, f: &Fields<'_>) -> Result<Event, DecodeError> {
                 "agent.response.started" => AgentResponseKind::Started,
                 "agent.response.progress" => AgentResponseKind::Progress,
                 "agent.response.completed" => AgentResponseKind::Completed,
-                _ => AgentResponseKind::Failed,
+                "agent.response.failed" => AgentResponseKind::Failed,
+                other => return Err(unmapped(other)),
             },
             task_id: f.req_str("task_id")?,
             story_id: f.opt_str("story_id")?,
@@ -434,12 +438,14 @@ fn from_fields(subject: &str, f: &Fields<'_>) -> Result<Event, DecodeError> {
             time_ms: time()?,
         },
         // CATALOG and this match are kept in step by the `every_catalog_subject_decodes` test.
-        other => {
-            return Err(DecodeError::UnknownSubject {
-                subject: other.to_string(),
-            })
-        }
+        other => return Err(unmapped(other)),
     })
+}
+
+fn unmapped(subject: &str) -> DecodeError {
+    DecodeError::UnknownSubject {
+        subject: subject.to_string(),
+    }
 }
 
 impl Event {

@@ -443,3 +443,44 @@ fn messagepack_payload_decodes_like_json() {
         "malformed"
     );
 }
+
+/// #17 item 8: a time outside what RFC 3339 can write (years 0000-9999) is an invalid field,
+/// never a clamped or wrapped value (`1e300` used to store i64::MAX, i64::MIN became 1970).
+#[test]
+fn out_of_range_times_are_invalid_fields() {
+    for raw in [
+        "1e300",
+        "-1e300",
+        "-9223372036854775808",
+        "9223372036854775807",
+        "253402300800000",
+        "-62167219200001",
+        "1e16",
+    ] {
+        let payload = format!(r#"{{"story_id":"US-1","plan_id":"plan-1","timestamp":{raw}}}"#);
+        let err = decode("planning.plan.approved", None, payload.as_bytes())
+            .expect_err(&format!("timestamp {raw} must be refused"));
+        assert!(
+            matches!(err, DecodeError::InvalidField { ref field, .. } if field == "timestamp"),
+            "timestamp {raw}: {err}"
+        );
+    }
+    // The edges of the range are accepted, as seconds and as milliseconds.
+    for (raw, ms) in [
+        ("253402300799999", 253_402_300_799_999_i64),
+        ("-62167219200000", -62_167_219_200_000),
+        ("99999999999", 99_999_999_999_000),
+        ("1760637600.5", 1_760_637_600_500),
+        // Python's `time.time() * 1000`: a float of milliseconds.
+        ("1760637600000.25", 1_760_637_600_000),
+    ] {
+        let payload = format!(r#"{{"story_id":"US-1","plan_id":"plan-1","timestamp":{raw}}}"#);
+        let (_, p) = run("planning.plan.approved", &payload);
+        let id = format!("plan-1:{ms}");
+        assert_eq!(
+            node(&p, Group::ApprovalRecord, &id)[3],
+            Prop::Int(ms),
+            "{raw}"
+        );
+    }
+}
