@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseView {
     pub from: Option<String>,
     pub to: Option<String>,
@@ -17,6 +18,7 @@ pub struct PhaseView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovalView {
     pub approved_by: Option<String>,
     pub approved_at_ms: Option<i64>,
@@ -24,6 +26,7 @@ pub struct ApprovalView {
 
 /// A plan with its approvals (oldest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanView {
     pub plan_id: String,
     pub version: Option<i64>,
@@ -33,6 +36,7 @@ pub struct PlanView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     pub task_id: String,
     pub title: Option<String>,
@@ -42,6 +46,7 @@ pub struct TaskView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecisionView {
     pub decision_id: String,
     pub task_id: Option<String>,
@@ -52,6 +57,7 @@ pub struct DecisionView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MilestoneView {
     pub name: String,
     pub reached_at_ms: Option<i64>,
@@ -62,6 +68,7 @@ pub struct MilestoneView {
 /// `last_v` is the newest version key among the story's writes: a reader compares it with the
 /// graph's to rule out a stale entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoryContext {
     pub story_id: String,
     pub title: Option<String>,
@@ -81,19 +88,29 @@ pub struct StoryContext {
 }
 
 impl StoryContext {
-    /// The plan most recently approved, else the most recently created one.
+    /// The plan in effect: the one most recently approved. `None` while no plan is approved
+    /// (a newer unapproved plan is a proposal, not the plan in effect).
     pub fn current_plan(&self) -> Option<&PlanView> {
         let approved = |p: &PlanView| p.approvals.iter().filter_map(|a| a.approved_at_ms).max();
         self.plans
             .iter()
+            .filter(|p| !p.approvals.is_empty())
             .max_by_key(|p| (approved(p), p.created_at_ms, p.plan_id.clone()))
     }
 
-    /// Tasks not completed.
+    /// Tasks still to finish: neither COMPLETED nor FAILED (a failed task is over; it is
+    /// counted apart, see [`StoryContext::failed_tasks`]).
     pub fn open_tasks(&self) -> impl Iterator<Item = &TaskView> {
         self.tasks
             .iter()
-            .filter(|t| t.status.as_deref() != Some("COMPLETED"))
+            .filter(|t| !matches!(t.status.as_deref(), Some("COMPLETED") | Some("FAILED")))
+    }
+
+    /// Tasks whose last status is FAILED.
+    pub fn failed_tasks(&self) -> impl Iterator<Item = &TaskView> {
+        self.tasks
+            .iter()
+            .filter(|t| t.status.as_deref() == Some("FAILED"))
     }
 }
 
