@@ -131,3 +131,66 @@ pub fn render(ctx: &StoryContext) -> Vec<u8> {
         .sort_by(|a, b| (a.reached_at_ms, &a.name).cmp(&(b.reached_at_ms, &b.name)));
     serde_json::to_vec(&c).expect("StoryContext always serializes")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn story(tasks: &[&str], plans: Vec<PlanView>) -> StoryContext {
+        StoryContext {
+            story_id: "US-1".into(),
+            title: None,
+            description: None,
+            phase: None,
+            created_by: None,
+            phase_history: vec![],
+            plans,
+            tasks: tasks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| TaskView {
+                    task_id: format!("T-{i}"),
+                    title: None,
+                    role: None,
+                    status: Some(s.to_string()),
+                    agent_id: None,
+                })
+                .collect(),
+            decisions: vec![],
+            milestones: vec![],
+            last_v: String::new(),
+            rev: 0,
+        }
+    }
+
+    fn plan(id: &str, created: i64, approved: Option<i64>) -> PlanView {
+        PlanView {
+            plan_id: id.into(),
+            version: None,
+            summary: None,
+            created_at_ms: Some(created),
+            approvals: approved
+                .map(|at| ApprovalView {
+                    approved_by: None,
+                    approved_at_ms: Some(at),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_failed_task_is_not_open() {
+        let s = story(&["COMPLETED", "FAILED", "RUNNING"], vec![]);
+        assert_eq!(s.open_tasks().count(), 1);
+        assert_eq!(s.failed_tasks().count(), 1);
+    }
+
+    #[test]
+    fn the_plan_in_effect_is_the_approved_one_never_a_newer_proposal() {
+        let s = story(&[], vec![plan("old", 1, Some(2)), plan("new", 3, None)]);
+        assert_eq!(s.current_plan().map(|p| p.plan_id.as_str()), Some("old"));
+        let none = story(&[], vec![plan("only", 1, None)]);
+        assert!(none.current_plan().is_none());
+    }
+}
