@@ -191,7 +191,7 @@ struct DecisionParams {
     /// Only this story's.
     story: Option<String>,
     /// Only those at or after this RFC 3339 time.
-    #[param(example = "2026-01-31T12:00:00Z")]
+    #[param(example = "2026-01-31T12:00:00Z", format = DateTime)]
     since: Option<String>,
     /// Generation to read; default: the live one.
     generation: Option<String>,
