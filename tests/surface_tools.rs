@@ -121,6 +121,58 @@ fn graphviz_renders_every_hostile_diagram() {
     }
 }
 
+#[test]
+#[ignore = "needs node with mermaid and jsdom; dev/check-api installs them and runs this"]
+fn mermaid_js_parses_every_hostile_diagram_with_ids_intact() {
+    let story = "US-\"0\\";
+    let mut edges: Vec<serde_json::Value> = HOSTILE
+        .iter()
+        .map(|id| json!([story, "Story", "HAS_TASK", id, "Task"]))
+        .collect();
+    edges.push(json!([story, "Story", null, null, null]));
+    let text = engine::views::mermaid(story, &json!(edges));
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-hostile.mmd", tag()));
+    std::fs::write(&file, &text).unwrap();
+    let dir = std::env::var("PROJECTOR_MERMAID_DIR")
+        .expect("PROJECTOR_MERMAID_DIR: node_modules with mermaid and jsdom (dev/check-api)");
+    let out = Command::new("node")
+        .arg(repo_root().join("dev/mermaid-check.mjs"))
+        .arg(&file)
+        .env("MERMAID_DIR", dir)
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "mermaid-js refused:\n{}\n{text}",
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes: Vec<(String, String)> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n[0].as_str().unwrap().into(), n[1].as_str().unwrap().into()))
+        .collect();
+    let mut ids: Vec<&String> = nodes.iter().map(|n| &n.0).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), HOSTILE.len() + 1, "{nodes:?}");
+    assert_eq!(nodes.len(), HOSTILE.len() + 1, "{nodes:?}");
+    assert!(
+        nodes.contains(&("n0".into(), format!("Story: {story}"))),
+        "{nodes:?}"
+    );
+    for id in HOSTILE {
+        let label = format!("Task: {id}");
+        assert!(
+            nodes.iter().any(|n| n.1 == label),
+            "{label:?} not in {nodes:?}"
+        );
+    }
+    assert_eq!(v["edges"].as_array().unwrap().len(), HOSTILE.len(), "{v}");
+}
+
 /// The body of a GET (HTTP/1.0, so the server closes the connection after it).
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};

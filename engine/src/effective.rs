@@ -39,6 +39,15 @@ pub struct Entry {
     pub source: Source,
 }
 
+/// Optional keys and what their absence means.
+const IMPLICIT: [(&str, &str); 5] = [
+    ("nats.tls_required", "false"),
+    ("nats.user", "(unset)"),
+    ("nats.password", "(unset)"),
+    ("nats.token", "(unset)"),
+    ("nats.creds_file", "(unset)"),
+];
+
 /// Keys whose values are never printed.
 const SECRETS: [&str; 3] = ["nats.password", "nats.token", "neo4j.password"];
 
@@ -86,7 +95,8 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Dotted keys of the leaves (non-table values) of `t`.
+/// Dotted keys of the leaves of `t`; an array of tables (`[[streams]]`) is walked item by
+/// item (`streams[0].name`), so every printed value stays short.
 fn leaves(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
     for (k, v) in t {
         let key = if prefix.is_empty() {
@@ -96,6 +106,15 @@ fn leaves(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
         };
         match v {
             toml::Value::Table(sub) => leaves(&key, sub, out),
+            toml::Value::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i.is_table()) =>
+            {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(sub) = item {
+                        leaves(&format!("{key}[{i}]"), sub, out);
+                    }
+                }
+            }
             other => out.push((key, other.clone())),
         }
     }
@@ -149,6 +168,17 @@ pub fn load(
             }
         })
         .collect();
+    // Keys the built-in file leaves out (commented or optional): shown with the value the
+    // code takes for them, so the listing is the whole config.
+    for (key, value) in IMPLICIT {
+        if !entries.iter().any(|e| e.key == *key) {
+            entries.push(Entry {
+                key: key.to_string(),
+                value: value.to_string(),
+                source: Source::Default,
+            });
+        }
+    }
     for (key, var) in overridden {
         let value = env_value(&cfg, key);
         let value = redact(key, &toml::Value::String(value).to_string());
@@ -164,7 +194,10 @@ pub fn load(
             }),
         }
     }
-    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    // By section, keeping the walk's order inside one (array items by index, not `[10]`
+    // before `[2]`); a key only the env set lands at the end of its section.
+    let section = |k: &str| k.split(['.', '[']).next().unwrap_or("").to_string();
+    entries.sort_by_key(|e| section(&e.key));
     Ok((cfg, entries))
 }
 
@@ -210,6 +243,7 @@ mod tests {
         let get = |k: &str| entries.iter().find(|e| e.key == k).unwrap().clone();
         assert_eq!(get("subject_prefix").source, Source::File);
         assert_eq!(get("neo4j.uri").source, Source::Default);
+        assert_eq!(get("streams[0].name").value, "\"PLANNING_EVENTS\"");
         assert_eq!(get("neo4j.password").value, "<redacted>");
         assert_eq!(get("nats.url").source, Source::Env("NATS_URL".into()));
         assert_eq!(get("nats.url").value, "\"nats://u:<redacted>@h:1\"");
