@@ -267,6 +267,7 @@ async fn every_reporting_command_speaks_json() {
     );
     let text = stdout(&t.projector(&["dlq", "show", &id]));
     assert!(text.starts_with("FIELD"), "{text}");
+    assert!(text.contains("stream_time"), "{text}");
     let discard = json(&t.projector(&["dlq", "discard", &id, "--json"]));
     assert_eq!(discard["discarded"], 1, "{discard}");
 

@@ -202,6 +202,11 @@ fn show(
             ]
         })
         .collect();
+    // The stream time as people read it, next to its raw nanoseconds.
+    rows.push(vec![
+        "stream_time".into(),
+        crate::fmt::timestamp_ms(p.ts_ns / 1_000_000),
+    ]);
     rows.sort();
     print!("{}", crate::fmt::table(&["FIELD", "VALUE"], rows));
     println!();
