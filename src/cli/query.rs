@@ -97,8 +97,8 @@ pub enum QueryCommand {
         #[arg(long)]
         story: Option<String>,
         /// Only those at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
+        #[arg(long, value_parser = parse_rfc3339_ms)]
+        since: Option<i64>,
         #[command(flatten)]
         page: Page,
         #[command(flatten)]
@@ -132,4 +132,11 @@ pub enum QueryCommand {
         #[command(flatten)]
         target: ViewTarget,
     },
+}
+
+/// An RFC 3339 time as epoch milliseconds, refused at parse time otherwise.
+fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)"))
 }

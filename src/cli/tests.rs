@@ -59,6 +59,7 @@ fn bad_flag_values_are_refused_at_parse_time() {
         &["projector", "query", "tasks", "--limit", "0"],
         &["projector", "query", "tasks", "--limit", "999999"],
         &["projector", "query", "decisions", "--offset", "-1"],
+        &["projector", "query", "decisions", "--since", "yesterday"],
     ] {
         let e = Cli::try_parse_from(args).unwrap_err();
         assert_eq!(e.exit_code(), 2, "{args:?}");

@@ -136,21 +136,7 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
             page,
             target,
         } => {
-            let since_ms = match since {
-                None => Value::Null,
-                Some(t) => {
-                    let t = time::OffsetDateTime::parse(
-                        &t,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .map_err(|_| {
-                        CliError::Usage(format!(
-                            "--since {t:?} is not an RFC 3339 time (2026-01-31T12:00:00Z)"
-                        ))
-                    })?;
-                    ((t.unix_timestamp_nanos() / 1_000_000) as i64).into()
-                }
-            };
+            let since_ms = since.map(Value::from).unwrap_or(Value::Null);
             let (graph, gen, _) = connect(cfg, &target).await?;
             let params = paged(vec![("story", opt(story)), ("since", since_ms)], &page);
             let rows: Vec<DecisionRow> =
