@@ -108,6 +108,16 @@ async fn views_over_cli_and_http_say_what_the_events_say() {
         ]
     );
     assert_eq!(get(port, "/v1/stories/US-H/timeline").1, tl);
+    // As text: a header row, and every time in the one fixed-width format (main printed
+    // `10:00:00Z`, `10:00:00.15Z` and `10:00:00.153Z` side by side).
+    let text = stdout(&t.projector(&["query", "timeline", "US-H"]));
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("TIME"), "{text}");
+    for l in lines {
+        let ts = l.split_whitespace().next().unwrap();
+        assert_eq!(ts.len(), 24, "{l}");
+        assert!(ts.ends_with(".000Z"), "{l}");
+    }
 
     // Lists.
     let d = cli(&t, &["query", "decisions", "--story", "US-H", "--json"]);
