@@ -3,31 +3,43 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// The heading global flags appear under in every subcommand's `--help`, so they are listed
+/// once and apart from the command's own flags.
+const GLOBAL: &str = "Global options";
+
 /// projector: projects NATS JetStream event streams into a Neo4j graph and Valkey caches.
 ///
 /// Reads the persistent streams from stored checkpoints, writes graph state (stories, plans,
 /// approvals, tasks, decisions, milestones) and story contexts, and never acknowledges a
 /// message before its effects are committed.
 ///
-/// Connections come from config/projector.toml (built in) or --config, overridden by env:
-/// NATS_URL, NEO4J_URI, NEO4J_USER, NEO4J_PASSWORD, VALKEY_URL (or REDIS_HOST/REDIS_PORT).
+/// Connections come from config/projector.toml (built in), with a --config file merged over
+/// it, overridden by env: NATS_URL, NEO4J_URI, NEO4J_USER, NEO4J_PASSWORD, VALKEY_URL (or
+/// REDIS_HOST/REDIS_PORT). `projector config show` prints the result and where each value
+/// came from.
 ///
 /// Exit codes: 0 success, 1 runtime error (a server unreachable, a write failed),
 /// 2 bad input or a state that needs an operator (config drift, invalid arguments).
 #[derive(Debug, Parser)]
-#[command(name = "projector", version, propagate_version = true)]
+#[command(
+    name = "projector",
+    version,
+    propagate_version = true,
+    after_help = "Example:\n  projector streams ensure && projector run --until-caught-up\n\nShell completions: `projector completions bash`; man page: `projector man`."
+)]
 pub struct Cli {
-    /// Config file (TOML). Defaults to the built-in config/projector.toml.
-    #[arg(long, global = true, env = "PROJECTOR_CONFIG")]
+    /// Config file (TOML), merged over the built-in config/projector.toml: it needs only the
+    /// keys it changes.
+    #[arg(long, global = true, env = "PROJECTOR_CONFIG", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
 
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, help_heading = GLOBAL)]
     pub log_format: LogFormat,
 
-    /// Log level (error, warn, info, debug, trace); PROJECTOR_LOG takes a full filter.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log level; PROJECTOR_LOG takes a full filter (e.g. `info,engine::worker=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info, help_heading = GLOBAL)]
+    pub log_level: LogLevel,
 
     #[command(subcommand)]
     pub command: Command,
@@ -37,6 +49,28 @@ pub struct Cli {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+/// A tracing level; anything else is refused at parse time (exit 2), never read as "off".
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +86,9 @@ pub enum Command {
     /// messages are acked. Transient errors are retried with backoff (nothing is acked
     /// meanwhile); permanent ones park the event in the dead-letter stream. SIGTERM/SIGINT
     /// finish the batch in flight and exit 0.
+    #[command(
+        after_help = "Examples:\n  projector run\n  projector run --until-caught-up --metrics-addr off"
+    )]
     Run(RunArgs),
     /// Re-project a range of stream sequences on top of the current state (fix-forward).
     ///
@@ -59,6 +96,9 @@ pub enum Command {
     /// through the same writer as `run`; writes are version-guarded, so the graph converges to
     /// what a clean pass gives. Never publishes outbound events. Ctrl-C stops after the batch
     /// in flight; the same command resumes where it stopped.
+    #[command(
+        after_help = "Example:\n  projector replay --from-seq 1200 --to-seq 1500 --stream PLANNING_EVENTS"
+    )]
     Replay(ReplayArgs),
     /// Rebuild a projector's state from the streams into a new generation, then make it live.
     ///
@@ -67,6 +107,9 @@ pub enum Command {
     /// becomes live in one transaction, live workers switch at their next batch, and the old
     /// generation is dropped in bounded batches. With --as-of, builds the state as it was at
     /// that point into generation --name and leaves live alone.
+    #[command(
+        after_help = "Examples:\n  projector rebuild\n  projector rebuild --name jan31 --as-of 2026-01-31T23:59:59Z"
+    )]
     Rebuild(RebuildArgs),
     /// List or drop generations.
     #[command(subcommand)]
@@ -74,14 +117,54 @@ pub enum Command {
     /// Inspect, retry or discard parked (dead-lettered) events.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Ask the graph: a story's current view (more views to come, see docs/views.md).
+    /// Ask the graph: a story, its timeline, decisions, tasks, approvals (docs/views.md).
     #[command(subcommand)]
     Query(QueryCommand),
     /// Print a canonical hash of a generation's graph (nodes, relationships, properties).
+    #[command(
+        after_help = "Examples:\n  projector verify --json\n  projector verify --against-rebuild"
+    )]
     Verify(VerifyArgs),
     /// Benchmark and sample-data tools.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script for projector.
+    #[command(
+        after_help = "Examples:\n  source <(projector completions bash)\n  projector completions zsh > ~/.zfunc/_projector"
+    )]
+    Completions {
+        /// Shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print projector's man page (roff), generated from the same flag definitions as --help;
+    /// with --out-dir, write it and one page per subcommand (projector-query-tasks.1, ...).
+    #[command(
+        after_help = "Examples:\n  projector man > projector.1 && man -l projector.1\n  projector man --out-dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write every page into this directory instead of printing the top one.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// The configuration in effect: the built-in defaults, the --config file merged over
+    /// them, then env overrides; each value with where it came from (default, file, env).
+    /// Secrets are redacted.
+    #[command(
+        after_help = "Examples:\n  projector config show\n  NATS_URL=nats://nats:4222 projector --config prod.toml config show --json"
+    )]
+    Show {
+        /// Print one JSON object: {"key": {"value": ..., "source": "default|file|env"}}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -144,17 +227,21 @@ pub struct RunArgs {
 pub enum BenchCommand {
     /// Generate a deterministic fleet history (stories, phases, plans, approvals, tasks,
     /// deliberations with decisions, agent responses, milestones) and print or publish it.
+    #[command(after_help = "Example:\n  projector bench gen --stories 100 --seed 7 --publish")]
     Gen(GenArgs),
     /// Publish a generated history at a steady rate (for latency under load): story ids
     /// start at --first-story so the load does not touch an existing history's stories.
     ///
-    /// Example: `projector bench load --rate 200 --duration 60s --first-story 900001`
+    #[command(
+        after_help = "Example:\n  projector bench load --rate 200 --duration 60s --first-story 900001"
+    )]
     Load(LoadArgs),
     /// The sink's ceiling: project a generated history in memory and write the same graph
     /// statements straight to Neo4j in UNWIND batches, with no NATS, checkpoint or cache.
     /// Prints JSON (events, rows, seconds, events/s, rows/s).
-    ///
-    /// Example: `projector bench ceiling --stories 3650 --seed 43 --generation ceiling`
+    #[command(
+        after_help = "Example:\n  projector bench ceiling --stories 3650 --seed 43 --generation ceiling"
+    )]
     Ceiling(CeilingArgs),
 }
 
@@ -212,8 +299,12 @@ pub enum StreamsCommand {
     /// An existing stream is compared field by field; each differing field is printed with
     /// the wanted and the found value. A memory stream is drift: --migrate moves it to file
     /// storage keeping every message and sequence number (stored checkpoints stay valid).
+    #[command(
+        after_help = "Examples:\n  projector streams ensure\n  projector streams ensure --migrate --json"
+    )]
     Ensure(EnsureArgs),
     /// Show each stream (storage, messages, first/last sequence) and its consumers.
+    #[command(after_help = "Example:\n  projector streams status --json")]
     Status(StatusArgs),
 }
 
@@ -265,6 +356,7 @@ pub struct DlqTarget {
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List parked events in stream order: id, story, kind, reason.
+    #[command(after_help = "Example:\n  projector dlq list --json")]
     List {
         #[command(flatten)]
         target: DlqTarget,
@@ -273,14 +365,22 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Show one parked event with its headers and payload.
+    #[command(after_help = "Example:\n  projector dlq show graph:PLANNING_EVENTS:42 --json")]
     Show {
         /// Parked event id, as `dlq list` prints it (projector:stream:seq).
         id: String,
         #[command(flatten)]
         target: DlqTarget,
+        /// Print one JSON object: {"parked": ..., "headers": {name: [values]}, "payload": text
+        /// or null, "payload_base64": base64 or null}.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-project parked events in their original order (after fixing the cause). Events
     /// that still fail stay parked, and so do the later events of their story.
+    #[command(
+        after_help = "Examples:\n  projector dlq retry --story US-0042\n  projector dlq retry --all --json"
+    )]
     Retry {
         /// Parked event ids; or use --story / --all.
         ids: Vec<String>,
@@ -297,12 +397,16 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Drop parked events without projecting them (their story is unblocked when none is left).
+    #[command(after_help = "Example:\n  projector dlq discard graph:PLANNING_EVENTS:42")]
     Discard {
         /// Parked event ids.
         #[arg(required = true)]
         ids: Vec<String>,
         #[command(flatten)]
         target: DlqTarget,
+        /// Print one JSON object: {"discarded": n, "asked": n}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -326,6 +430,9 @@ pub struct ReplayArgs {
     /// Messages per transaction.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20000))]
     pub batch_size: u32,
+    /// Print one JSON object per stream replayed instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -346,103 +453,34 @@ pub struct RebuildArgs {
     /// Messages per transaction.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20000))]
     pub batch_size: u32,
+    /// Print one JSON object: {"generation", "live", "previous", "as_of", "stories",
+    /// "dropped_nodes"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum GenerationsCommand {
     /// Every generation with its number of stories; the live one is marked.
+    #[command(after_help = "Example:\n  projector generations list --json")]
     List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Delete a generation (never the live one) and its cache entries, in bounded batches.
+    #[command(after_help = "Example:\n  projector generations drop rebuild-1767225600")]
     Drop {
         /// Generation name.
         name: String,
+        /// Print one JSON object: {"dropped": name, "nodes": n}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum StoryFormat {
-    /// Human-readable sections.
-    Table,
-    /// The view as JSON (same as --json).
-    Json,
-    /// The story's neighbourhood as a Mermaid flowchart.
-    Mermaid,
-    /// The story's neighbourhood as Graphviz DOT.
-    Dot,
-}
+mod query;
+pub use query::{Page, QueryCommand, StoryFormat, ViewTarget};
 
-#[derive(Debug, Args)]
-pub struct ViewTarget {
-    /// Generation to read (default: the live one).
-    #[arg(long, global = true)]
-    pub generation: Option<String>,
-    /// Print JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum QueryCommand {
-    /// A story: phase and phase history, plans and approvals, tasks, decisions with rationale
-    /// and who decided, milestones. Served from the Valkey context when it carries the
-    /// story's newest version, else from Neo4j (and the cache is refreshed).
-    Story {
-        /// Story id, e.g. US-0001.
-        id: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = StoryFormat::Table)]
-        format: StoryFormat,
-        #[command(flatten)]
-        target: ViewTarget,
-    },
-    /// Every projected change of a story, in stream order, with event time and sequence.
-    Timeline {
-        /// Story id.
-        id: String,
-        #[command(flatten)]
-        target: ViewTarget,
-    },
-    /// Decisions, newest first.
-    Decisions {
-        /// Only this story's.
-        #[arg(long)]
-        story: Option<String>,
-        /// Only those at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        #[command(flatten)]
-        target: ViewTarget,
-    },
-    /// Tasks by story.
-    Tasks {
-        /// Only tasks with this status (CREATED, ASSIGNED, DISPATCHED, RUNNING, COMPLETED, FAILED).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only tasks with this role (DEV, QA, ARCHITECT, ...).
-        #[arg(long)]
-        role: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        #[command(flatten)]
-        target: ViewTarget,
-    },
-    /// Plan approvals, newest first.
-    Approvals {
-        /// Only this story's.
-        #[arg(long)]
-        story: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        #[command(flatten)]
-        target: ViewTarget,
-    },
-}
+#[cfg(test)]
+mod tests;

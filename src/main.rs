@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmd;
+mod fmt;
 mod logging;
 
 use clap::Parser;
@@ -15,7 +16,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let args = cli::Cli::parse();
-    logging::init(args.log_format, &args.log_level);
+    if let Err(e) = logging::init(args.log_format, args.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

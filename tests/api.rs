@@ -108,6 +108,16 @@ async fn views_over_cli_and_http_say_what_the_events_say() {
         ]
     );
     assert_eq!(get(port, "/v1/stories/US-H/timeline").1, tl);
+    // As text: a header row, and every time in the one fixed-width format (main printed
+    // `10:00:00Z`, `10:00:00.15Z` and `10:00:00.153Z` side by side).
+    let text = stdout(&t.projector(&["query", "timeline", "US-H"]));
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("TIME"), "{text}");
+    for l in lines {
+        let ts = l.split_whitespace().next().unwrap();
+        assert_eq!(ts.len(), 24, "{l}");
+        assert!(ts.ends_with(".000Z"), "{l}");
+    }
 
     // Lists.
     let d = cli(&t, &["query", "decisions", "--story", "US-H", "--json"]);
@@ -139,22 +149,71 @@ async fn views_over_cli_and_http_say_what_the_events_say() {
     let a = cli(&t, &["query", "approvals", "--story", "US-H", "--json"]);
     assert_eq!(a[0]["plan_id"], "plan-h");
 
-    // Errors: 404 and 400 as JSON, never a 500.
+    // Paging: the same rows in pages, over HTTP and the CLI alike.
+    let all = cli(&t, &["query", "tasks", "--json", "--limit", "1000"]);
+    let all = all.as_array().unwrap();
+    assert!(all.len() > 4, "{}", all.len());
+    let (code, page) = get(port, "/v1/tasks?limit=2&offset=2");
+    assert_eq!(code, 200);
+    assert_eq!(page.as_array().unwrap(), &all[2..4]);
+    let page_cli = cli(
+        &t,
+        &["query", "tasks", "--json", "--limit", "2", "--offset", "2"],
+    );
+    assert_eq!(page_cli, page);
+    let text = stdout(&t.projector(&["query", "tasks", "--limit", "3"]));
+    assert!(text.starts_with("STORY"), "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+
+    // Errors: every one JSON {code, message}, never a 500 or an empty body.
     let (code, v) = get(port, "/v1/stories/US-NOPE");
     assert_eq!(code, 404);
-    assert_eq!(v["error"], "no story US-NOPE in generation live");
-    let (code, v) = get(port, "/v1/tasks?limit=lots");
-    assert_eq!(code, 400, "{v}");
-    let (code, _) = get(port, "/v1/decisions?since=yesterday");
-    assert_eq!(code, 400);
+    assert_eq!(v["code"], "not_found");
+    assert_eq!(
+        v["message"],
+        format!("no story US-NOPE in generation {}", t.main_gen())
+    );
+    for bad in [
+        "/v1/tasks?limit=lots",
+        "/v1/tasks?limit=0",
+        "/v1/tasks?status=bogus",
+        "/v1/tasks?offset=-1",
+        // Found by schemathesis: SKIP + LIMIT overflowed in Neo4j (a 503 before).
+        "/v1/approvals?offset=9223372036854775806",
+        "/v1/decisions?since=yesterday",
+        "/v1/stories/%FF%FE",
+    ] {
+        let (code, v) = get(port, bad);
+        assert_eq!(code, 400, "{bad}: {v}");
+        assert_eq!(v["code"], "bad_request", "{bad}: {v}");
+        assert!(v["message"].as_str().unwrap().len() > 5, "{bad}: {v}");
+    }
+    let (code, v) = get(port, "/v1/nope");
+    assert_eq!(code, 404);
+    assert_eq!(v["code"], "not_found", "{v}");
     let (code, doc) = get(port, "/openapi.json");
     assert_eq!(code, 200);
-    assert!(doc["paths"]["/v1/stories/{id}"]["get"].is_object());
+    for p in ["/v1/stories/{id}", "/healthz", "/readyz", "/metrics"] {
+        assert!(doc["paths"][p]["get"].is_object(), "{p}");
+    }
 
-    // Diagrams.
+    // Diagrams: the story's own node first, an unknown story an error.
     let m = t.projector(&["query", "story", "US-H", "--format", "mermaid"]);
+    assert!(
+        stdout(&m).contains("  n0[\"Story: US-H\"]\n"),
+        "{}",
+        stdout(&m)
+    );
     assert!(stdout(&m).contains("-- HAS_TASK -->"), "{}", stdout(&m));
     let d = t.projector(&["query", "story", "US-H", "--format", "dot"]);
     assert!(stdout(&d).starts_with("digraph story {"));
+    let none = t.projector(&["query", "story", "US-NOPE", "--format", "dot"]);
+    assert_eq!(none.status.code(), Some(1), "{}", stdout(&none));
+    // The text view names the generation, not "live".
+    let text = stdout(&t.projector(&["query", "story", "US-H"]));
+    assert!(
+        text.contains(&format!("(generation {} (live),", t.main_gen())),
+        "{text}"
+    );
     assert_eq!(run.terminate(), Some(0));
 }

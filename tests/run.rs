@@ -587,7 +587,10 @@ async fn query_story_cache_and_graph_paths_agree() {
     let o = t.projector(&["query", "story", "US-NOPE"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("no story US-NOPE in generation live"),
+        stderr(&o).contains(&format!(
+            "no story US-NOPE in generation {} (live)",
+            t.main_gen()
+        )),
         "{}",
         stderr(&o)
     );

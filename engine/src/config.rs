@@ -253,58 +253,78 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The file at `path`, or the built-in defaults when `None`; then env overrides.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut cfg = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.display().to_string(),
-                    source,
-                })?;
-                Config::from_toml(&text, &p.display().to_string())?
-            }
-            None => Config::from_toml(DEFAULT_TOML, "built-in config/projector.toml")?,
-        };
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        cfg.apply_env(&env);
+    /// A parsed TOML table (the layers already merged, `crate::effective`).
+    pub fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
+        cfg.validate(origin)?;
         Ok(cfg)
     }
 
+    /// The built-in defaults with the file at `path` merged over them, then env overrides
+    /// (`crate::effective::load` also says where each value came from).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Ok(crate::effective::load(path, &env)?.0)
+    }
+
     /// Env overrides, including the seed ConfigMap names (`REDIS_HOST`, `REDIS_PORT`).
-    pub fn apply_env(&mut self, env: &BTreeMap<String, String>) {
-        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-        if let Some(v) = get("NATS_URL") {
+    /// Returns the config keys overridden, each with the variable that set it.
+    pub fn apply_env(
+        &mut self,
+        env: &BTreeMap<String, String>,
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut set = Vec::new();
+        let mut get = |key: &'static str, vars: &[&'static str]| {
+            let found = vars.iter().find_map(|k| {
+                env.get(*k)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (*k, v.clone()))
+            });
+            if let Some((var, _)) = &found {
+                set.push((key, *var));
+            }
+            found.map(|(_, v)| v)
+        };
+        if let Some(v) = get("nats.url", &["NATS_URL"]) {
             self.nats.url = v;
         }
-        if let Some(v) = get("NATS_USER") {
+        if let Some(v) = get("nats.user", &["NATS_USER"]) {
             self.nats.user = Some(v);
         }
-        if let Some(v) = get("NATS_PASSWORD") {
+        if let Some(v) = get("nats.password", &["NATS_PASSWORD"]) {
             self.nats.password = Some(v);
         }
-        if let Some(v) = get("NATS_TOKEN") {
+        if let Some(v) = get("nats.token", &["NATS_TOKEN"]) {
             self.nats.token = Some(v);
         }
-        if let Some(v) = get("NATS_CREDS") {
+        if let Some(v) = get("nats.creds_file", &["NATS_CREDS"]) {
             self.nats.creds_file = Some(v);
         }
-        if let Some(v) = get("NEO4J_URI") {
+        if let Some(v) = get("neo4j.uri", &["NEO4J_URI"]) {
             self.neo4j.uri = v;
         }
-        if let Some(v) = get("NEO4J_USER").or_else(|| get("NEO4J_USERNAME")) {
+        if let Some(v) = get("neo4j.user", &["NEO4J_USER", "NEO4J_USERNAME"]) {
             self.neo4j.user = v;
         }
-        if let Some(v) = get("NEO4J_PASSWORD") {
+        if let Some(v) = get("neo4j.password", &["NEO4J_PASSWORD"]) {
             self.neo4j.password = v;
         }
-        if let Some(v) = get("VALKEY_URL").or_else(|| get("REDIS_URL")) {
+        if let Some(v) = get("valkey.url", &["VALKEY_URL", "REDIS_URL"]) {
             self.valkey.url = v;
-        } else if let Some(host) = get("REDIS_HOST").or_else(|| get("VALKEY_HOST")) {
-            let port = get("REDIS_PORT")
-                .or_else(|| get("VALKEY_PORT"))
+        } else if let Some(host) = get("valkey.url", &["REDIS_HOST", "VALKEY_HOST"]) {
+            // The port only completes the host's URL: not a key of its own.
+            let port = ["REDIS_PORT", "VALKEY_PORT"]
+                .iter()
+                .find_map(|k| env.get(*k).filter(|v| !v.is_empty()).cloned())
                 .unwrap_or_else(|| "6379".into());
             self.valkey.url = format!("redis://{host}:{port}");
         }
+        set
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod dlq;
+pub mod effective;
 pub mod error;
 pub mod generations;
 pub mod health;

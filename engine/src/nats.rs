@@ -11,6 +11,10 @@ pub enum ConnectError {
         "cannot connect to NATS at {url} within {secs}s (is the server up? `dev/stack status`)"
     )]
     Timeout { url: String, secs: u64 },
+    #[error("bad URL {url:?} for NATS: {message} (set NATS_URL or [nats] url to e.g. nats://127.0.0.1:4222; several servers comma-separated)")]
+    BadUrl { url: String, message: String },
+    #[error("cannot connect to NATS at {url} with TLS: the server does not speak TLS (set [nats] tls_required = false, or use the server's TLS port)")]
+    NotTls { url: String },
     #[error("NATS credentials file {path}: {message}")]
     Creds { path: String, message: String },
     #[error(
@@ -61,7 +65,7 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, ConnectErro
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
-        .map_err(|e: std::io::Error| ConnectError::Unreachable {
+        .map_err(|e: std::io::Error| ConnectError::BadUrl {
             url: cfg.url.clone(),
             message: e.to_string(),
         })?;
@@ -82,6 +86,18 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, ConnectErro
                     (_, _, Some(p)) => format!("creds file {p}"),
                     _ => "an anonymous client (no user, token or creds_file set)".into(),
                 },
+                message: e.to_string(),
+            })
+        }
+        // rustls reading a plain-text NATS INFO line as a TLS record: the server has no TLS.
+        Ok(Err(e)) if cfg.tls_required && e.to_string().contains("InvalidContentType") => {
+            Err(ConnectError::NotTls {
+                url: cfg.url.clone(),
+            })
+        }
+        Ok(Err(e)) if e.kind() == async_nats::ConnectErrorKind::ServerParse => {
+            Err(ConnectError::BadUrl {
+                url: cfg.url.clone(),
                 message: e.to_string(),
             })
         }

@@ -6,7 +6,7 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::ge
 use std::net::SocketAddr;
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     metrics: Metrics,
     health: Health,
 }
@@ -14,20 +14,41 @@ struct AppState {
 /// Builds the router; other crates may merge more routes into it.
 pub fn router(metrics: Metrics, health: Health) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready_handler))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health })
 }
 
-async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String, example = "ok\n")))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Prometheus metrics in the text exposition format 0.0.4.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
 }
 
-async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
+/// The `/readyz` answer: ready or not, and every worker's state.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub workers: std::collections::BTreeMap<String, crate::health::WorkerHealth>,
+}
+
+/// Readiness: every worker connected, none halted, each lag at most `run --ready-lag`.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready", body = Readiness),
+              (status = 503, description = "Not ready (see workers)", body = Readiness)))]
+pub(crate) async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let code = if s.health.ready() {
         StatusCode::OK
     } else {
@@ -35,7 +56,10 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
     };
     (
         code,
-        Json(serde_json::json!({"ready": code == StatusCode::OK, "workers": s.health.snapshot()})),
+        Json(Readiness {
+            ready: code == StatusCode::OK,
+            workers: s.health.snapshot(),
+        }),
     )
 }
 

@@ -4,7 +4,9 @@
 use crate::error::WriteError;
 use crate::sink::graph::GraphSink;
 use neo4rs::query;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Every projected change of a story, in stream order (stream time, then stream, then sequence).
 pub const TIMELINE: &str = "MATCH (s:Story {gen: $gen, id: $id})-[:HAS_EVENT]->(e:StoryEvent) \
@@ -14,19 +16,19 @@ pub const TIMELINE: &str = "MATCH (s:Story {gen: $gen, id: $id})-[:HAS_EVENT]->(
 /// Decisions, optionally of one story and since a time (epoch ms), newest first.
 pub const DECISIONS: &str = "MATCH (d:Decision {gen: $gen}) \
     WHERE ($story IS NULL OR d.story_id = $story) AND ($since IS NULL OR d.decided_at_ms >= $since) \
-    WITH d ORDER BY d.decided_at_ms DESC, d.id LIMIT $limit \
+    WITH d ORDER BY d.decided_at_ms DESC, d.id SKIP $offset LIMIT $limit \
     RETURN collect({decision_id: d.id, story_id: d.story_id, task_id: d.task_id, title: d.title, rationale: d.rationale, decided_by: d.decided_by, decided_at_ms: d.decided_at_ms}) AS view";
 
-/// Tasks, optionally by status and role.
+/// Tasks, optionally by status and role, by story then task id.
 pub const TASKS: &str = "MATCH (t:Task {gen: $gen}) \
     WHERE ($status IS NULL OR t.status = $status) AND ($role IS NULL OR t.role = $role) \
-    WITH t ORDER BY t.story_id, t.id LIMIT $limit \
+    WITH t ORDER BY t.story_id, t.id SKIP $offset LIMIT $limit \
     RETURN collect({task_id: t.id, story_id: t.story_id, title: t.title, role: t.role, status: t.status, agent_id: t.agent_id}) AS view";
 
 /// Plan approvals, optionally of one story, newest first.
 pub const APPROVALS: &str = "MATCH (a:PlanApproval {gen: $gen}) \
     WHERE $story IS NULL OR a.story_id = $story \
-    WITH a ORDER BY a.approved_at_ms DESC, a.id LIMIT $limit \
+    WITH a ORDER BY a.approved_at_ms DESC, a.id SKIP $offset LIMIT $limit \
     RETURN collect({approval_id: a.id, story_id: a.story_id, plan_id: a.plan_id, approved_by: a.approved_by, approved_at_ms: a.approved_at_ms}) AS view";
 
 /// A story's neighbourhood as edges (for Mermaid and DOT).
@@ -34,6 +36,69 @@ pub const NEIGHBOURHOOD: &str = "MATCH (s:Story {gen: $gen, id: $id}) \
     OPTIONAL MATCH (s)-[r]->(n) WHERE NOT n:StoryEvent AND NOT n:PhaseChange \
     OPTIONAL MATCH (n)-[r2]->(m) WHERE m.gen = $gen AND NOT m:Story AND NOT m:StoryEvent \
     RETURN collect(DISTINCT [s.id, 'Story', type(r), n.id, labels(n)[0]]) + collect(DISTINCT [n.id, labels(n)[0], type(r2), m.id, labels(m)[0]]) AS view";
+
+/// One entry of [`TIMELINE`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TimelineEntry {
+    pub seq: Option<i64>,
+    pub stream: Option<String>,
+    pub subject: Option<String>,
+    /// Event time, epoch milliseconds.
+    pub event_time_ms: Option<i64>,
+    pub summary: Option<String>,
+}
+
+/// One row of [`DECISIONS`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DecisionRow {
+    pub decision_id: String,
+    pub story_id: Option<String>,
+    pub task_id: Option<String>,
+    pub title: Option<String>,
+    pub rationale: Option<String>,
+    pub decided_by: Option<String>,
+    /// Epoch milliseconds.
+    pub decided_at_ms: Option<i64>,
+}
+
+/// One row of [`TASKS`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskRow {
+    pub task_id: String,
+    pub story_id: Option<String>,
+    pub title: Option<String>,
+    pub role: Option<String>,
+    pub status: Option<String>,
+    pub agent_id: Option<String>,
+}
+
+/// One row of [`APPROVALS`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalRow {
+    pub approval_id: String,
+    pub story_id: Option<String>,
+    pub plan_id: Option<String>,
+    pub approved_by: Option<String>,
+    /// Epoch milliseconds.
+    pub approved_at_ms: Option<i64>,
+}
+
+/// Runs a list view and reads its rows as `T` (a row of another shape is an error, never
+/// a silently different answer).
+pub async fn rows<T: serde::de::DeserializeOwned>(
+    graph: &GraphSink,
+    statement: &str,
+    gen: &str,
+    params: Params,
+) -> Result<Vec<T>, WriteError> {
+    let v = run(graph, statement, gen, params)
+        .await?
+        .unwrap_or(Value::Array(Vec::new()));
+    serde_json::from_value(v).map_err(|e| WriteError::Neo4jRefused {
+        code: "projector.ViewShape".into(),
+        message: format!("a view row has an unexpected shape: {e}"),
+    })
+}
 
 /// Which story view source answered.
 pub enum Source {
@@ -117,16 +182,74 @@ pub async fn run(
     }
 }
 
-fn node_id(label: &str, id: &str) -> String {
-    let clean: String = format!("{label}_{id}")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    clean
+/// The nodes and edges of a neighbourhood, the story's own node first and always present.
+/// Nodes are numbered in order of appearance, so two ids never share a node (a slug of the id
+/// would merge `T-a-b` with `T-a_b`, or `T-日本` with `T-中文`).
+struct Diagram<'a> {
+    /// (label, id) of node `n{index}`.
+    nodes: Vec<(&'a str, &'a str)>,
+    /// (from node, relationship type, to node).
+    edges: Vec<(usize, &'a str, usize)>,
 }
 
-fn escape(s: &str) -> String {
-    s.replace('"', "'")
+impl<'a> Diagram<'a> {
+    fn new(story: &'a str, v: &'a Value) -> Diagram<'a> {
+        let mut d = Diagram {
+            nodes: vec![("Story", story)],
+            edges: Vec::new(),
+        };
+        for [from, fl, ty, to, tl] in edges(v) {
+            let a = d.node(fl, from);
+            let b = d.node(tl, to);
+            if !d.edges.contains(&(a, ty, b)) {
+                d.edges.push((a, ty, b));
+            }
+        }
+        d
+    }
+
+    fn node(&mut self, label: &'a str, id: &'a str) -> usize {
+        match self.nodes.iter().position(|n| *n == (label, id)) {
+            Some(i) => i,
+            None => {
+                self.nodes.push((label, id));
+                self.nodes.len() - 1
+            }
+        }
+    }
+}
+
+/// A Mermaid label's text: Mermaid reads `#name;` / `#NNN;` as entity codes and renders
+/// labels as HTML, so `"`, `#`, `&`, `<`, `>`, backticks and control characters are written
+/// as decimal codes (`#34;`); everything else, unicode included, is literal.
+pub fn mermaid_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '"' | '#' | '&' | '<' | '>' | '`' | '\\') || c.is_control() {
+            out.push_str(&format!("#{};", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A DOT quoted string's text: `\` and `"` escaped (a lone trailing backslash would escape
+/// the closing quote), newlines as `\n`, and `&` as `&amp;` (Graphviz reads `&name;` in a
+/// label as an HTML entity, so `T-&amp;` would otherwise display as `T-&`).
+pub fn dot_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '&' => out.push_str("&amp;"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The complete edges of a neighbourhood: (from id, from label, type, to id, to label).
@@ -144,30 +267,46 @@ fn edges(v: &Value) -> impl Iterator<Item = [&str; 5]> {
     })
 }
 
-/// Renders neighbourhood edges as a Mermaid flowchart.
-pub fn mermaid(v: &Value) -> String {
+/// A relationship type as an edge label: the graph's types are `[A-Z_]+` constants, anything
+/// else is shown escaped rather than trusted.
+fn rel_label(ty: &str) -> String {
+    if !ty.is_empty() && ty.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        ty.to_string()
+    } else {
+        format!("\"{}\"", mermaid_escape(ty))
+    }
+}
+
+/// Renders story `story`'s neighbourhood edges as a Mermaid flowchart.
+pub fn mermaid(story: &str, v: &Value) -> String {
+    let d = Diagram::new(story, v);
     let mut out = String::from("graph LR\n");
-    for [from, fl, ty, to, tl] in edges(v) {
+    for (i, (label, id)) in d.nodes.iter().enumerate() {
         out.push_str(&format!(
-            "  {}[\"{fl}: {}\"] -- {ty} --> {}[\"{tl}: {}\"]\n",
-            node_id(fl, from),
-            escape(from),
-            node_id(tl, to),
-            escape(to)
+            "  n{i}[\"{}: {}\"]\n",
+            mermaid_escape(label),
+            mermaid_escape(id)
         ));
+    }
+    for (a, ty, b) in &d.edges {
+        out.push_str(&format!("  n{a} -- {} --> n{b}\n", rel_label(ty)));
     }
     out
 }
 
-/// Renders neighbourhood edges as Graphviz DOT.
-pub fn dot(v: &Value) -> String {
+/// Renders story `story`'s neighbourhood edges as Graphviz DOT.
+pub fn dot(story: &str, v: &Value) -> String {
+    let d = Diagram::new(story, v);
     let mut out = String::from("digraph story {\n  rankdir=LR;\n");
-    for [from, fl, ty, to, tl] in edges(v) {
+    for (i, (label, id)) in d.nodes.iter().enumerate() {
         out.push_str(&format!(
-            "  \"{fl}: {}\" -> \"{tl}: {}\" [label=\"{ty}\"];\n",
-            escape(from),
-            escape(to)
+            "  n{i} [label=\"{}: {}\"];\n",
+            dot_escape(label),
+            dot_escape(id)
         ));
+    }
+    for (a, ty, b) in &d.edges {
+        out.push_str(&format!("  n{a} -> n{b} [label=\"{}\"];\n", dot_escape(ty)));
     }
     out.push_str("}\n");
     out
@@ -177,18 +316,116 @@ pub fn dot(v: &Value) -> String {
 mod tests {
     use super::*;
 
+    /// The hostile ids of the diagram corpus (also rendered by Graphviz in tests/diagrams.rs).
+    pub const HOSTILE: [&str; 14] = [
+        "T-a-b",
+        "T-a_b",
+        "T-日本",
+        "T-中文",
+        "T-\"q\"",
+        "T-\\",
+        "T-\\\"",
+        "T-<b>x</b>",
+        "T-#35;",
+        "T-&amp;",
+        "T- sp ace",
+        "T-{}[]|;",
+        "T-`tick`",
+        "T-new\nline",
+    ];
+
+    fn decode_mermaid(s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('#') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let end = after.find(';').expect("an entity ends with ;");
+            let n: u32 = after[..end].parse().expect("decimal entity");
+            out.push(char::from_u32(n).unwrap());
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// A parser of the flowchart subset `mermaid` writes: every line a node `nI["label"]` or
+    /// an edge `nI -- TYPE --> nJ`. Returns (node id -> decoded label, edges).
+    type Parsed = (Vec<(String, String)>, Vec<(String, String, String)>);
+
+    fn parse_mermaid(m: &str) -> Parsed {
+        let mut lines = m.lines();
+        assert_eq!(lines.next(), Some("graph LR"));
+        let (mut nodes, mut edges) = (Vec::new(), Vec::new());
+        for l in lines {
+            let l = l.trim();
+            if let Some((id, rest)) = l.split_once("[\"") {
+                let label = rest.strip_suffix("\"]").expect(l);
+                assert!(!label.contains('"'), "unescaped quote in {l}");
+                assert!(id.starts_with('n') && id[1..].chars().all(|c| c.is_ascii_digit()));
+                nodes.push((id.to_string(), decode_mermaid(label)));
+            } else {
+                let (a, rest) = l.split_once(" -- ").expect(l);
+                let (ty, b) = rest.split_once(" --> ").expect(l);
+                edges.push((a.to_string(), ty.to_string(), b.to_string()));
+            }
+        }
+        (nodes, edges)
+    }
+
+    fn corpus() -> Value {
+        let mut e: Vec<Value> = HOSTILE
+            .iter()
+            .map(|id| serde_json::json!(["US-\"1\\", "Story", "HAS_TASK", id, "Task"]))
+            .collect();
+        e.push(serde_json::json!(["US-\"1\\", "Story", null, null, null]));
+        e.push(serde_json::json!([
+            "T-a-b",
+            "Task",
+            "DECIDED_IN",
+            "D-日本",
+            "Decision"
+        ]));
+        Value::Array(e)
+    }
+
     #[test]
-    fn diagrams_escape_and_skip_empty_edges() {
-        let edges = serde_json::json!([
-            ["US-1", "Story", "HAS_TASK", "T-\"1", "Task"],
-            ["US-1", "Story", null, null, null]
-        ]);
-        let m = mermaid(&edges);
-        assert!(
-            m.contains("Story_US_1[\"Story: US-1\"] -- HAS_TASK --> Task_T__1[\"Task: T-'1\"]"),
-            "{m}"
-        );
-        assert_eq!(m.lines().count(), 2);
-        assert!(dot(&edges).contains("\"Story: US-1\" -> \"Task: T-'1\" [label=\"HAS_TASK\"]"));
+    fn mermaid_ids_are_unique_and_labels_round_trip() {
+        let m = mermaid("US-\"1\\", &corpus());
+        let (nodes, edges) = parse_mermaid(&m);
+        let mut ids: Vec<&String> = nodes.iter().map(|n| &n.0).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), nodes.len(), "{m}");
+        assert_eq!(nodes.len(), HOSTILE.len() + 2, "{m}");
+        assert_eq!(nodes[0].1, "Story: US-\"1\\");
+        for id in HOSTILE {
+            assert!(
+                nodes.iter().any(|n| n.1 == format!("Task: {id}")),
+                "{id:?} in {m}"
+            );
+        }
+        assert!(nodes.iter().any(|n| n.1 == "Decision: D-日本"));
+        assert_eq!(edges.len(), HOSTILE.len() + 1);
+        for (a, _, b) in &edges {
+            assert!(nodes.iter().any(|n| &n.0 == a) && nodes.iter().any(|n| &n.0 == b));
+        }
+    }
+
+    #[test]
+    fn a_story_without_neighbours_still_has_its_node() {
+        let lonely = serde_json::json!([["US-9", "Story", null, null, null]]);
+        let (nodes, edges) = parse_mermaid(&mermaid("US-9", &lonely));
+        assert_eq!(nodes, vec![("n0".to_string(), "Story: US-9".to_string())]);
+        assert!(edges.is_empty());
+        assert!(dot("US-9", &lonely).contains("n0 [label=\"Story: US-9\"];"));
+    }
+
+    #[test]
+    fn dot_escapes_quotes_and_backslashes() {
+        assert_eq!(dot_escape("T-\\"), "T-\\\\");
+        assert_eq!(dot_escape("a\"b"), "a\\\"b");
+        let d = dot("US-1", &corpus());
+        assert!(d.contains("[label=\"Task: T-\\\\\"];"), "{d}");
     }
 }

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseView {
     pub from: Option<String>,
     pub to: Option<String>,
@@ -17,6 +18,7 @@ pub struct PhaseView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovalView {
     pub approved_by: Option<String>,
     pub approved_at_ms: Option<i64>,
@@ -24,6 +26,7 @@ pub struct ApprovalView {
 
 /// A plan with its approvals (oldest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanView {
     pub plan_id: String,
     pub version: Option<i64>,
@@ -33,6 +36,7 @@ pub struct PlanView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     pub task_id: String,
     pub title: Option<String>,
@@ -42,6 +46,7 @@ pub struct TaskView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecisionView {
     pub decision_id: String,
     pub task_id: Option<String>,
@@ -52,6 +57,7 @@ pub struct DecisionView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MilestoneView {
     pub name: String,
     pub reached_at_ms: Option<i64>,
@@ -62,6 +68,7 @@ pub struct MilestoneView {
 /// `last_v` is the newest version key among the story's writes: a reader compares it with the
 /// graph's to rule out a stale entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoryContext {
     pub story_id: String,
     pub title: Option<String>,
@@ -81,19 +88,29 @@ pub struct StoryContext {
 }
 
 impl StoryContext {
-    /// The plan most recently approved, else the most recently created one.
+    /// The plan in effect: the one most recently approved. `None` while no plan is approved
+    /// (a newer unapproved plan is a proposal, not the plan in effect).
     pub fn current_plan(&self) -> Option<&PlanView> {
         let approved = |p: &PlanView| p.approvals.iter().filter_map(|a| a.approved_at_ms).max();
         self.plans
             .iter()
+            .filter(|p| !p.approvals.is_empty())
             .max_by_key(|p| (approved(p), p.created_at_ms, p.plan_id.clone()))
     }
 
-    /// Tasks not completed.
+    /// Tasks still to finish: neither COMPLETED nor FAILED (a failed task is over; it is
+    /// counted apart, see [`StoryContext::failed_tasks`]).
     pub fn open_tasks(&self) -> impl Iterator<Item = &TaskView> {
         self.tasks
             .iter()
-            .filter(|t| t.status.as_deref() != Some("COMPLETED"))
+            .filter(|t| !matches!(t.status.as_deref(), Some("COMPLETED") | Some("FAILED")))
+    }
+
+    /// Tasks whose last status is FAILED.
+    pub fn failed_tasks(&self) -> impl Iterator<Item = &TaskView> {
+        self.tasks
+            .iter()
+            .filter(|t| t.status.as_deref() == Some("FAILED"))
     }
 }
 
@@ -113,4 +130,67 @@ pub fn render(ctx: &StoryContext) -> Vec<u8> {
     c.milestones
         .sort_by(|a, b| (a.reached_at_ms, &a.name).cmp(&(b.reached_at_ms, &b.name)));
     serde_json::to_vec(&c).expect("StoryContext always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn story(tasks: &[&str], plans: Vec<PlanView>) -> StoryContext {
+        StoryContext {
+            story_id: "US-1".into(),
+            title: None,
+            description: None,
+            phase: None,
+            created_by: None,
+            phase_history: vec![],
+            plans,
+            tasks: tasks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| TaskView {
+                    task_id: format!("T-{i}"),
+                    title: None,
+                    role: None,
+                    status: Some(s.to_string()),
+                    agent_id: None,
+                })
+                .collect(),
+            decisions: vec![],
+            milestones: vec![],
+            last_v: String::new(),
+            rev: 0,
+        }
+    }
+
+    fn plan(id: &str, created: i64, approved: Option<i64>) -> PlanView {
+        PlanView {
+            plan_id: id.into(),
+            version: None,
+            summary: None,
+            created_at_ms: Some(created),
+            approvals: approved
+                .map(|at| ApprovalView {
+                    approved_by: None,
+                    approved_at_ms: Some(at),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_failed_task_is_not_open() {
+        let s = story(&["COMPLETED", "FAILED", "RUNNING"], vec![]);
+        assert_eq!(s.open_tasks().count(), 1);
+        assert_eq!(s.failed_tasks().count(), 1);
+    }
+
+    #[test]
+    fn the_plan_in_effect_is_the_approved_one_never_a_newer_proposal() {
+        let s = story(&[], vec![plan("old", 1, Some(2)), plan("new", 3, None)]);
+        assert_eq!(s.current_plan().map(|p| p.plan_id.as_str()), Some("old"));
+        let none = story(&[], vec![plan("only", 1, None)]);
+        assert!(none.current_plan().is_none());
+    }
 }

@@ -27,20 +27,26 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
                     target.projector, generation
                 );
             } else {
-                for p in &parked {
-                    println!(
-                        "{:<40} story {:<14} {:<18} {}",
-                        p.id,
-                        p.story_id.as_deref().unwrap_or("-"),
-                        p.kind,
-                        p.reason
-                    );
-                }
-                println!("{} parked", parked.len());
+                print!(
+                    "{}",
+                    crate::fmt::table(
+                        &["ID", "STORY", "KIND", "REASON"],
+                        parked.iter().map(|p| vec![
+                            p.id.clone(),
+                            crate::fmt::or_unknown(p.story_id.as_deref()).into(),
+                            p.kind.clone(),
+                            p.reason.clone(),
+                        ])
+                    )
+                );
+                println!(
+                    "{}",
+                    crate::fmt::count(parked.len(), "parked event", "parked events")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Show { id, target } => {
+        DlqCommand::Show { id, target, json } => {
             let generation = target_gen(&target);
             let parked = graph.parked(&generation, Some(&target.projector)).await?;
             let Some(p) = parked.into_iter().find(|p| p.id == id) else {
@@ -49,30 +55,14 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             };
             let client = engine::nats::connect(&cfg.nats).await?;
             let js = async_nats::jetstream::new(client);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&p).expect("serializable")
-            );
             let dlq = js.get_stream(&cfg.dead_letters.stream).await.map_err(|e| {
                 CliError::Failed(format!(
                     "dead-letter stream {}: {e}",
                     cfg.dead_letters.stream
                 ))
             })?;
-            match dlq.get_raw_message(p.dlq_seq).await {
-                Ok(m) => {
-                    for (k, v) in m.headers.iter() {
-                        for v in v {
-                            println!("{k}: {}", v.as_str());
-                        }
-                    }
-                    println!("\n{}", String::from_utf8_lossy(&m.payload));
-                }
-                Err(e) => println!(
-                    "(payload not available in {}: {e})",
-                    cfg.dead_letters.stream
-                ),
-            }
+            let message = dlq.get_raw_message(p.dlq_seq).await;
+            show(&p, message, &cfg.dead_letters.stream, json);
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Retry {
@@ -131,15 +121,112 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
                 ExitCode::from(1)
             })
         }
-        DlqCommand::Discard { ids, target } => {
+        DlqCommand::Discard { ids, target, json } => {
             let generation = target_gen(&target);
             let n = graph.discard_parked(&generation, &ids).await?;
-            println!("discarded {n} parked event(s)");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"discarded": n, "asked": ids.len(), "generation": generation})
+                );
+            } else {
+                println!("discarded {n} parked event(s)");
+            }
             Ok(if n as usize == ids.len() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+/// Prints a parked event: its record, its headers sorted by name, and its payload as text
+/// when it is UTF-8 (else its size and, with `--json`, its bytes in hex).
+fn show(
+    p: &engine::sink::graph::ParkedView,
+    message: Result<async_nats::jetstream::message::StreamMessage, impl std::fmt::Display>,
+    dlq_stream: &str,
+    json: bool,
+) {
+    let (headers, payload, missing) = match message {
+        Ok(m) => {
+            let mut h: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for (k, v) in m.headers.iter() {
+                h.insert(
+                    k.to_string(),
+                    v.iter().map(|v| v.as_str().to_string()).collect(),
+                );
+            }
+            (h, Some(m.payload), None)
+        }
+        Err(e) => (
+            Default::default(),
+            None,
+            Some(format!("payload not available in {dlq_stream}: {e}")),
+        ),
+    };
+    let text = payload
+        .as_ref()
+        .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string));
+    if json {
+        let v = serde_json::json!({
+            "parked": p,
+            "headers": headers,
+            "payload": text,
+            "payload_hex": match (&payload, &text) {
+                (Some(b), None) => Some(hex::encode(b)),
+                _ => None,
+            },
+            "payload_missing": missing,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serializable")
+        );
+        return;
+    }
+    let record = serde_json::to_value(p).expect("serializable");
+    let mut rows: Vec<Vec<String>> = record
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            vec![
+                k.clone(),
+                match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => crate::fmt::UNKNOWN.into(),
+                    other => other.to_string(),
+                },
+            ]
+        })
+        .collect();
+    // The stream time as people read it, next to its raw nanoseconds.
+    rows.push(vec![
+        "stream_time".into(),
+        crate::fmt::timestamp_ms(p.ts_ns / 1_000_000),
+    ]);
+    rows.sort();
+    print!("{}", crate::fmt::table(&["FIELD", "VALUE"], rows));
+    println!();
+    print!(
+        "{}",
+        crate::fmt::table(
+            &["HEADER", "VALUE"],
+            headers
+                .iter()
+                .flat_map(|(k, vs)| vs.iter().map(move |v| vec![k.clone(), v.clone()]))
+        )
+    );
+    println!();
+    match (missing, text, payload) {
+        (Some(why), _, _) => println!("({why})"),
+        (None, Some(t), _) => println!("{t}"),
+        (None, None, Some(b)) => println!(
+            "({} bytes of binary payload, not UTF-8; `--json` gives them in hex)",
+            b.len()
+        ),
+        (None, None, None) => println!("(no payload)"),
     }
 }

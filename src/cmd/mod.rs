@@ -7,6 +7,7 @@ mod rebuild;
 mod replay;
 mod run;
 mod streams;
+mod surface;
 mod verify;
 
 use crate::cli::{Cli, Command};
@@ -38,6 +39,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
+            CliError::Connect(engine::nats::ConnectError::BadUrl { .. }) => 2,
             CliError::Run(engine::runner::RunError::UnknownProjector(..)) => 2,
             CliError::Replay(e) if e.is_bad_input() => 2,
             _ => 1,
@@ -46,8 +48,16 @@ impl CliError {
 }
 
 pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
-    let cfg = engine::config::Config::load(cli.config.as_deref())?;
-    match cli.command {
+    let path = cli.config.as_deref();
+    // Commands about the CLI itself need no config (or read it their own way).
+    let command = match cli.command {
+        Command::Completions { shell } => return Ok(surface::completions(shell)),
+        Command::Man { out_dir } => return surface::man(out_dir.as_deref()),
+        Command::Config(c) => return surface::config(path, c),
+        other => other,
+    };
+    let cfg = engine::config::Config::load(path)?;
+    match command {
         Command::Streams(c) => streams::run(&cfg, c).await,
         Command::Run(a) => run::run(&cfg, a).await,
         Command::Bench(c) => bench::run(&cfg, c).await,
@@ -57,5 +67,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Query(q) => query::run(&cfg, q).await,
         Command::Rebuild(a) => rebuild::run(&cfg, a).await,
         Command::Generations(c) => rebuild::generations(&cfg, c).await,
+        Command::Completions { .. } | Command::Man { .. } | Command::Config(_) => {
+            unreachable!("answered above without a config")
+        }
     }
 }

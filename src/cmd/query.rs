@@ -1,54 +1,27 @@
 //! `projector query ...`: read the views (`docs/views.md`).
 
 use super::CliError;
-use crate::cli::{QueryCommand, StoryFormat, ViewTarget};
+use crate::cli::{Page, QueryCommand, StoryFormat, ViewTarget};
+use crate::fmt::{count, or_unknown as u, table, when};
 use engine::config::Config;
 use engine::sink::{cache::CacheSink, graph::GraphSink};
-use engine::views::{self, story_view, Source};
+use engine::views::{self, story_view, ApprovalRow, DecisionRow, Source, TaskRow, TimelineEntry};
 use projections::context::StoryContext;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::process::ExitCode;
 
-fn when(ms: Option<i64>) -> String {
-    ms.and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".into())
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
-}
-
-/// Runs a list view and prints it as JSON or one line per row.
-async fn list_view(
-    graph: &GraphSink,
-    statement: &str,
-    gen: &str,
-    params: views::Params,
-    json_out: bool,
-    line: impl Fn(&Value) -> String,
-) -> Result<ExitCode, CliError> {
-    let v = views::run(graph, statement, gen, params)
-        .await?
-        .unwrap_or(json!([]));
-    if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serializable")
-        );
-    } else {
-        for row in v.as_array().into_iter().flatten() {
-            println!("{}", line(row));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
 fn opt(v: Option<String>) -> Value {
     v.map(Value::from).unwrap_or(Value::Null)
+}
+
+fn paged(mut params: views::Params, page: &Page) -> views::Params {
+    params.push(("limit", page.limit.into()));
+    params.push(("offset", page.offset.into()));
+    params
 }
 
 async fn connect(cfg: &Config, target: &ViewTarget) -> Result<(GraphSink, String, bool), CliError> {
@@ -64,12 +37,18 @@ async fn connect(cfg: &Config, target: &ViewTarget) -> Result<(GraphSink, String
     Ok((graph, gen, is_live))
 }
 
+/// A generation as the CLI names it: by name, marked when it is the live one.
 fn label(gen: &str, live: bool) -> String {
     if live {
-        "live".into()
+        format!("{gen} (live)")
     } else {
         gen.to_string()
     }
+}
+
+fn no_story(id: &str, gen: &str, live: bool) -> ExitCode {
+    eprintln!("error: no story {id} in generation {}", label(gen, live));
+    ExitCode::from(1)
 }
 
 pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
@@ -77,32 +56,39 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
         QueryCommand::Story { id, format, target } => {
             let (graph, gen, live) = connect(cfg, &target).await?;
             if matches!(format, StoryFormat::Mermaid | StoryFormat::Dot) {
+                // The neighbourhood query answers one row even for an unknown story.
+                if graph.story_version(&gen, &id).await?.is_none() {
+                    return Ok(no_story(&id, &gen, live));
+                }
                 let edges = views::run(
                     &graph,
                     views::NEIGHBOURHOOD,
                     &gen,
                     vec![("id", id.clone().into())],
                 )
-                .await?;
-                let Some(edges) = edges else {
-                    eprintln!("error: no story {id} in generation {}", label(&gen, live));
-                    return Ok(ExitCode::from(1));
-                };
+                .await?
+                .unwrap_or(Value::Array(Vec::new()));
                 print!(
                     "{}",
                     if format == StoryFormat::Mermaid {
-                        views::mermaid(&edges)
+                        views::mermaid(&id, &edges)
                     } else {
-                        views::dot(&edges)
+                        views::dot(&id, &edges)
                     }
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let cache = CacheSink::connect(&cfg.valkey).await.ok();
+            // Without Valkey the view still comes from Neo4j; say why it is slower.
+            let cache = match CacheSink::connect(&cfg.valkey).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Valkey unavailable; reading the story from Neo4j");
+                    None
+                }
+            };
             let Some((ctx, source)) = story_view(&graph, cache.as_ref(), &gen, live, &id).await?
             else {
-                eprintln!("error: no story {id} in generation {}", label(&gen, live));
-                return Ok(ExitCode::from(1));
+                return Ok(no_story(&id, &gen, live));
             };
             let source = match source {
                 Source::Cache => "cache",
@@ -112,206 +98,364 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
                 let mut v = serde_json::to_value(&ctx).expect("serializable");
                 v["generation"] = gen.clone().into();
                 v["source"] = source.into();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("serializable")
-                );
+                print_json(&v);
                 return Ok(ExitCode::SUCCESS);
             }
-            print_story(&ctx, &label(&gen, live), source);
+            print!("{}", render_story(&ctx, &label(&gen, live), source));
             Ok(ExitCode::SUCCESS)
         }
         QueryCommand::Timeline { id, target } => {
             let (graph, gen, live) = connect(cfg, &target).await?;
             if graph.story_version(&gen, &id).await?.is_none() {
-                eprintln!("error: no story {id} in generation {}", label(&gen, live));
-                return Ok(ExitCode::from(1));
+                return Ok(no_story(&id, &gen, live));
             }
-            let v = views::run(&graph, views::TIMELINE, &gen, vec![("id", id.into())])
-                .await?
-                .unwrap_or(json!([]));
+            let v: Vec<TimelineEntry> =
+                views::rows(&graph, views::TIMELINE, &gen, vec![("id", id.into())]).await?;
             if target.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("serializable")
-                );
+                print_json(&v);
             } else {
-                for e in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {:<24} {:>6}  {:<40} {}",
-                        when(e["event_time_ms"].as_i64()),
-                        s(&e["stream"]),
-                        e["seq"],
-                        s(&e["subject"]),
-                        s(&e["summary"])
-                    );
-                }
+                print!(
+                    "{}",
+                    table(
+                        &["TIME", "STREAM", "SEQ", "SUBJECT", "SUMMARY"],
+                        v.iter().map(|e| vec![
+                            when(e.event_time_ms),
+                            u(e.stream.as_deref()).into(),
+                            e.seq.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                            u(e.subject.as_deref()).into(),
+                            u(e.summary.as_deref()).into(),
+                        ])
+                    )
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         QueryCommand::Decisions {
             story,
             since,
-            limit,
+            page,
             target,
         } => {
-            let since_ms = match since {
-                None => Value::Null,
-                Some(t) => {
-                    let t = time::OffsetDateTime::parse(
-                        &t,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .map_err(|_| {
-                        CliError::Usage(format!(
-                            "--since {t:?} is not an RFC 3339 time (2026-01-31T12:00:00Z)"
-                        ))
-                    })?;
-                    ((t.unix_timestamp_nanos() / 1_000_000) as i64).into()
-                }
-            };
+            let since_ms = since.map(Value::from).unwrap_or(Value::Null);
             let (graph, gen, _) = connect(cfg, &target).await?;
-            let params = vec![
-                ("story", opt(story)),
-                ("since", since_ms),
-                ("limit", limit.into()),
-            ];
-            list_view(&graph, views::DECISIONS, &gen, params, target.json, |d| {
-                format!(
-                    "{}  {:<16} {:<12} by {:<10} {} — {}",
-                    when(d["decided_at_ms"].as_i64()),
-                    s(&d["decision_id"]),
-                    s(&d["story_id"]),
-                    s(&d["decided_by"]),
-                    s(&d["title"]),
-                    s(&d["rationale"])
-                )
-            })
-            .await
+            let params = paged(vec![("story", opt(story)), ("since", since_ms)], &page);
+            let rows: Vec<DecisionRow> =
+                views::rows(&graph, views::DECISIONS, &gen, params).await?;
+            if target.json {
+                print_json(&rows);
+            } else {
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "DECIDED AT",
+                            "DECISION",
+                            "STORY",
+                            "BY",
+                            "TITLE",
+                            "RATIONALE"
+                        ],
+                        rows.iter().map(|d| vec![
+                            when(d.decided_at_ms),
+                            d.decision_id.clone(),
+                            u(d.story_id.as_deref()).into(),
+                            u(d.decided_by.as_deref()).into(),
+                            u(d.title.as_deref()).into(),
+                            u(d.rationale.as_deref()).into(),
+                        ])
+                    )
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         QueryCommand::Tasks {
             status,
             role,
-            limit,
+            page,
             target,
         } => {
             let (graph, gen, _) = connect(cfg, &target).await?;
-            let params = vec![
-                ("status", opt(status)),
-                ("role", opt(role)),
-                ("limit", limit.into()),
-            ];
-            list_view(&graph, views::TASKS, &gen, params, target.json, |t| {
-                format!(
-                    "{:<12} {:<14} {:<10} {:<11} {:<10} {}",
-                    s(&t["story_id"]),
-                    s(&t["task_id"]),
-                    s(&t["role"]),
-                    s(&t["status"]),
-                    s(&t["agent_id"]),
-                    s(&t["title"])
-                )
-            })
-            .await
+            let params = paged(
+                vec![
+                    ("status", opt(status.map(|s| s.as_str().to_string()))),
+                    ("role", opt(role)),
+                ],
+                &page,
+            );
+            let rows: Vec<TaskRow> = views::rows(&graph, views::TASKS, &gen, params).await?;
+            if target.json {
+                print_json(&rows);
+            } else {
+                print!(
+                    "{}",
+                    table(
+                        &["STORY", "TASK", "ROLE", "STATUS", "AGENT", "TITLE"],
+                        rows.iter().map(|t| vec![
+                            u(t.story_id.as_deref()).into(),
+                            t.task_id.clone(),
+                            u(t.role.as_deref()).into(),
+                            u(t.status.as_deref()).into(),
+                            u(t.agent_id.as_deref()).into(),
+                            u(t.title.as_deref()).into(),
+                        ])
+                    )
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         QueryCommand::Approvals {
             story,
-            limit,
+            page,
             target,
         } => {
             let (graph, gen, _) = connect(cfg, &target).await?;
-            let params = vec![("story", opt(story)), ("limit", limit.into())];
-            list_view(&graph, views::APPROVALS, &gen, params, target.json, |a| {
-                format!(
-                    "{}  {:<12} {:<16} approved by {}",
-                    when(a["approved_at_ms"].as_i64()),
-                    s(&a["story_id"]),
-                    s(&a["plan_id"]),
-                    s(&a["approved_by"])
-                )
-            })
-            .await
+            let params = paged(vec![("story", opt(story))], &page);
+            let rows: Vec<ApprovalRow> =
+                views::rows(&graph, views::APPROVALS, &gen, params).await?;
+            if target.json {
+                print_json(&rows);
+            } else {
+                print!(
+                    "{}",
+                    table(
+                        &["APPROVED AT", "STORY", "PLAN", "APPROVED BY"],
+                        rows.iter().map(|a| vec![
+                            when(a.approved_at_ms),
+                            u(a.story_id.as_deref()).into(),
+                            u(a.plan_id.as_deref()).into(),
+                            u(a.approved_by.as_deref()).into(),
+                        ])
+                    )
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn print_story(ctx: &StoryContext, gen: &str, source: &str) {
-    println!(
+/// The story as sections of text: `gen` is the generation's name (marked when live).
+pub fn render_story(ctx: &StoryContext, gen: &str, source: &str) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let indent = |t: String| -> String { t.lines().map(|l| format!("  {l}\n")).collect() };
+    // Writing into a String cannot fail.
+    let _ = writeln!(
+        o,
         "Story {}  {:?}  phase {}   (generation {gen}, from {source})",
         ctx.story_id,
-        ctx.title.as_deref().unwrap_or("-"),
-        ctx.phase.as_deref().unwrap_or("-")
+        u(ctx.title.as_deref()),
+        u(ctx.phase.as_deref())
     );
-    println!("Phase history ({}):", ctx.phase_history.len());
-    for p in &ctx.phase_history {
-        println!(
-            "  {}  {} -> {}  by {}",
-            when(p.at_ms),
-            p.from.as_deref().unwrap_or("?"),
-            p.to.as_deref().unwrap_or("?"),
-            p.by.as_deref().unwrap_or("?")
-        );
+    let _ = writeln!(
+        o,
+        "Phase history ({}):",
+        count(ctx.phase_history.len(), "change", "changes")
+    );
+    if !ctx.phase_history.is_empty() {
+        o.push_str(&indent(table(
+            &["AT", "FROM", "TO", "BY"],
+            ctx.phase_history.iter().map(|p| {
+                vec![
+                    when(p.at_ms),
+                    u(p.from.as_deref()).into(),
+                    u(p.to.as_deref()).into(),
+                    u(p.by.as_deref()).into(),
+                ]
+            }),
+        )));
     }
     let current = ctx.current_plan().map(|p| p.plan_id.clone());
-    println!("Plans ({}):", ctx.plans.len());
-    for p in &ctx.plans {
-        let approvals: Vec<String> = p
-            .approvals
-            .iter()
-            .map(|a| {
-                format!(
-                    "approved by {} at {}",
-                    a.approved_by.as_deref().unwrap_or("?"),
-                    when(a.approved_at_ms)
-                )
-            })
-            .collect();
-        println!(
-            "  {}{:<16} v{:<3} {}",
-            if Some(&p.plan_id) == current.as_ref() {
-                "* "
-            } else {
-                "  "
-            },
-            p.plan_id,
-            p.version
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "?".into()),
-            if approvals.is_empty() {
-                "not approved".to_string()
-            } else {
-                approvals.join("; ")
-            }
-        );
+    let _ = writeln!(o, "Plans ({}):", count(ctx.plans.len(), "plan", "plans"));
+    if !ctx.plans.is_empty() {
+        o.push_str(&indent(table(
+            &["", "PLAN", "VERSION", "APPROVALS"],
+            ctx.plans.iter().map(|p| {
+                let approvals: Vec<String> = p
+                    .approvals
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "approved by {} at {}",
+                            u(a.approved_by.as_deref()),
+                            when(a.approved_at_ms)
+                        )
+                    })
+                    .collect();
+                vec![
+                    if Some(&p.plan_id) == current.as_ref() {
+                        "*".into()
+                    } else {
+                        String::new()
+                    },
+                    p.plan_id.clone(),
+                    p.version
+                        .map(|v| format!("v{v}"))
+                        .unwrap_or_else(|| "-".into()),
+                    if approvals.is_empty() {
+                        "not approved".to_string()
+                    } else {
+                        approvals.join("; ")
+                    },
+                ]
+            }),
+        )));
+        o.push_str(if current.is_some() {
+            "  * = the plan in effect (the one most recently approved)\n"
+        } else {
+            "  no plan is approved yet\n"
+        });
     }
-    println!(
-        "Tasks ({}, {} open):",
-        ctx.tasks.len(),
-        ctx.open_tasks().count()
+    let _ = writeln!(
+        o,
+        "Tasks ({}: {} open, {} failed):",
+        count(ctx.tasks.len(), "task", "tasks"),
+        ctx.open_tasks().count(),
+        ctx.failed_tasks().count()
     );
-    for t in &ctx.tasks {
-        println!(
-            "  {:<14} {:<10} {:<11} {:<10} {}",
-            t.task_id,
-            t.role.as_deref().unwrap_or("-"),
-            t.status.as_deref().unwrap_or("-"),
-            t.agent_id.as_deref().unwrap_or("-"),
-            t.title.as_deref().unwrap_or("")
-        );
+    if !ctx.tasks.is_empty() {
+        o.push_str(&indent(table(
+            &["TASK", "ROLE", "STATUS", "AGENT", "TITLE"],
+            ctx.tasks.iter().map(|t| {
+                vec![
+                    t.task_id.clone(),
+                    u(t.role.as_deref()).into(),
+                    u(t.status.as_deref()).into(),
+                    u(t.agent_id.as_deref()).into(),
+                    u(t.title.as_deref()).into(),
+                ]
+            }),
+        )));
     }
-    println!("Decisions ({}):", ctx.decisions.len());
-    for d in &ctx.decisions {
-        println!(
-            "  {}  {:<14} by {:<10} {} — {}",
-            when(d.decided_at_ms),
-            d.decision_id,
-            d.decided_by.as_deref().unwrap_or("?"),
-            d.title.as_deref().unwrap_or(""),
-            d.rationale.as_deref().unwrap_or("")
-        );
+    let _ = writeln!(
+        o,
+        "Decisions ({}):",
+        count(ctx.decisions.len(), "decision", "decisions")
+    );
+    if !ctx.decisions.is_empty() {
+        o.push_str(&indent(table(
+            &["DECIDED AT", "DECISION", "BY", "TITLE", "RATIONALE"],
+            ctx.decisions.iter().map(|d| {
+                vec![
+                    when(d.decided_at_ms),
+                    d.decision_id.clone(),
+                    u(d.decided_by.as_deref()).into(),
+                    u(d.title.as_deref()).into(),
+                    u(d.rationale.as_deref()).into(),
+                ]
+            }),
+        )));
     }
-    println!("Milestones ({}):", ctx.milestones.len());
-    for m in &ctx.milestones {
-        println!("  {}  {}", when(m.reached_at_ms), m.name);
+    let _ = writeln!(
+        o,
+        "Milestones ({}):",
+        count(ctx.milestones.len(), "milestone", "milestones")
+    );
+    if !ctx.milestones.is_empty() {
+        o.push_str(&indent(table(
+            &["REACHED AT", "MILESTONE"],
+            ctx.milestones
+                .iter()
+                .map(|m| vec![when(m.reached_at_ms), m.name.clone()]),
+        )));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projections::context::{ApprovalView, PhaseView, PlanView, TaskView};
+
+    fn task(id: &str, status: &str) -> TaskView {
+        TaskView {
+            task_id: id.into(),
+            title: None,
+            role: Some("DEV".into()),
+            status: Some(status.into()),
+            agent_id: None,
+        }
+    }
+
+    fn story() -> StoryContext {
+        StoryContext {
+            story_id: "US-1".into(),
+            title: Some("t".into()),
+            description: None,
+            phase: Some("BUILD".into()),
+            created_by: None,
+            phase_history: vec![PhaseView {
+                from: Some("DRAFT".into()),
+                to: Some("BUILD".into()),
+                by: None,
+                at_ms: Some(1_769_940_087_150),
+                seq: Some(2),
+            }],
+            plans: vec![
+                PlanView {
+                    plan_id: "plan-old".into(),
+                    version: Some(1),
+                    summary: None,
+                    created_at_ms: Some(1),
+                    approvals: vec![ApprovalView {
+                        approved_by: None,
+                        approved_at_ms: Some(2),
+                    }],
+                },
+                PlanView {
+                    plan_id: "plan-new".into(),
+                    version: Some(2),
+                    summary: None,
+                    created_at_ms: Some(3),
+                    approvals: vec![],
+                },
+            ],
+            tasks: vec![
+                task("T-1", "COMPLETED"),
+                task("T-2", "FAILED"),
+                task("T-3", "RUNNING"),
+            ],
+            decisions: vec![],
+            milestones: vec![],
+            last_v: String::new(),
+            rev: 0,
+        }
+    }
+
+    #[test]
+    fn story_text_names_the_generation_and_counts_right() {
+        let out = render_story(&story(), &label("rebuild-7", true), "cache");
+        assert!(
+            out.contains("(generation rebuild-7 (live), from cache)"),
+            "{out}"
+        );
+        assert!(!out.contains("generation live,"), "{out}");
+        // FAILED is not open.
+        assert!(out.contains("Tasks (3 tasks: 1 open, 1 failed):"), "{out}");
+        assert!(out.contains("Phase history (1 change):"), "{out}");
+        assert!(out.contains("Decisions (0 decisions):"), "{out}");
+        // One spelling of unknown: the phase change's missing author is "-", never "?".
+        assert!(!out.contains('?'), "{out}");
+        // Fixed-width timestamps.
+        assert!(out.contains("2026-02-01T10:01:27.150Z"), "{out}");
+    }
+
+    #[test]
+    fn the_plan_marker_is_explained_and_marks_the_approved_plan() {
+        let out = render_story(&story(), "main", "neo4j");
+        let marked: Vec<&str> = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with('*'))
+            .collect();
+        assert_eq!(marked.len(), 2, "{out}"); // the plan row and the legend
+        assert!(marked[0].contains("plan-old"), "{out}");
+        assert!(out.contains("* = the plan in effect"), "{out}");
+        let mut none = story();
+        none.plans[0].approvals.clear();
+        let out = render_story(&none, "main", "neo4j");
+        assert!(out.contains("no plan is approved yet"), "{out}");
+        assert!(
+            !out.lines().any(|l| l.trim_start().starts_with('*')),
+            "{out}"
+        );
     }
 }

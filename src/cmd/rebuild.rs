@@ -134,10 +134,18 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
     }
     let keys = build_generation(cfg, &a.projector, &name, as_of, a.batch_size as usize).await?;
     if as_of.is_some() {
-        println!(
-            "temporal generation {name} built as of {}; live ({live}) untouched",
-            a.as_of.unwrap_or_default()
-        );
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"generation": name, "live": false, "previous": live,
+                    "as_of": a.as_of, "stories": null, "dropped_nodes": null})
+            );
+        } else {
+            println!(
+                "temporal generation {name} built as of {}; live ({live}) untouched",
+                a.as_of.unwrap_or_default()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // Live keeps moving: catch up again until the switch finds the new generation not behind.
@@ -190,13 +198,26 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
             .put_contexts(&cache.gen_prefix(&name, true), &contexts, true)
             .await?;
     }
-    println!(
-        "generation {name} is live (was {live}); {} story contexts re-rendered",
-        ids.len()
-    );
+    if !a.json {
+        println!(
+            "generation {name} is live (was {live}); {} story contexts re-rendered",
+            ids.len()
+        );
+    }
+    let mut dropped = None;
     if !a.keep_old {
         let n = generations::drop_generation(&graph, &cache, &live).await?;
-        println!("dropped generation {live} ({n} nodes)");
+        if !a.json {
+            println!("dropped generation {live} ({n} nodes)");
+        }
+        dropped = Some(n);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"generation": name, "live": true, "previous": live,
+                "as_of": null, "stories": ids.len(), "dropped_nodes": dropped})
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -217,18 +238,20 @@ pub async fn generations(cfg: &Config, c: GenerationsCommand) -> Result<ExitCode
                     serde_json::to_string_pretty(&v).expect("serializable")
                 );
             } else {
-                for (g, n) in &list {
-                    println!(
-                        "{}{g:<30} {n:>8} stories",
-                        if *g == live { "* " } else { "  " }
-                    );
-                }
+                let mut rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|(g, n)| vec![g.clone(), n.to_string(), yes(*g == live)])
+                    .collect();
                 if !list.iter().any(|(g, _)| *g == live) {
-                    println!("* {live:<30} (live, empty)");
+                    rows.push(vec![live.clone(), "0".into(), "yes (empty)".into()]);
                 }
+                print!(
+                    "{}",
+                    crate::fmt::table(&["GENERATION", "STORIES", "LIVE"], rows)
+                );
             }
         }
-        GenerationsCommand::Drop { name } => {
+        GenerationsCommand::Drop { name, json } => {
             if name == live {
                 return Err(CliError::Usage(format!(
                     "generation {name} is live; promote another one first (projector rebuild)"
@@ -236,8 +259,16 @@ pub async fn generations(cfg: &Config, c: GenerationsCommand) -> Result<ExitCode
             }
             let cache = CacheSink::connect(&cfg.valkey).await?;
             let n = generations::drop_generation(&graph, &cache, &name).await?;
-            println!("dropped generation {name} ({n} nodes)");
+            if json {
+                println!("{}", serde_json::json!({"dropped": name, "nodes": n}));
+            } else {
+                println!("dropped generation {name} ({n} nodes)");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn yes(b: bool) -> String {
+    if b { "yes" } else { "" }.into()
 }

@@ -115,19 +115,28 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
             b.finish_and_clear();
         }
         let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{}: replayed {}..={} ({} projected, {} undecodable skipped) in {secs:.1}s{}",
-            r.stream,
-            r.start,
-            report.last,
-            report.projected,
-            report.undecodable,
-            if report.completed {
-                ""
-            } else {
-                " - interrupted; run the same command to resume"
-            }
-        );
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"stream": r.stream, "from_seq": r.start, "to_seq": report.last,
+                    "projected": report.projected, "undecodable": report.undecodable,
+                    "seconds": (secs * 1000.0).round() / 1000.0, "completed": report.completed})
+            );
+        } else {
+            println!(
+                "{}: replayed {}..={} ({} projected, {} undecodable skipped) in {secs:.1}s{}",
+                r.stream,
+                r.start,
+                report.last,
+                report.projected,
+                report.undecodable,
+                if report.completed {
+                    ""
+                } else {
+                    " - interrupted; run the same command to resume"
+                }
+            );
+        }
         if !report.completed {
             all_done = false;
             break;
