@@ -429,6 +429,9 @@ async fn run_partitioned(
             ..shared.clone()
         })
         .collect();
+    for p in projectors {
+        shared.metrics.init_partitioned(&p.name, pc.count);
+    }
     tracing::info!(instance = %base.opts.instance, partitions = pc.count, lease_ttl_s = pc.lease_ttl.as_secs(), bucket = %pc.lease_bucket, "claiming partitions through leases");
     let mut owned: BTreeMap<(usize, u32), Owned> = BTreeMap::new();
     let mut handing_over: std::collections::BTreeSet<(usize, u32)> = Default::default();
@@ -545,6 +548,10 @@ async fn run_partitioned(
                     Ok(exit) => {
                         if deadline.is_none() {
                             shared.health.remove(&name);
+                            // name is projector/stream/partition (set where it was spawned).
+                            if let Some((projector, stream)) = name.rsplit_once('/').and_then(|(ps, _)| ps.split_once('/')) {
+                                shared.metrics.forget_partition(projector, stream, part);
+                            }
                         }
                         exits.push((name, exit));
                     }

@@ -21,6 +21,8 @@ pub fn router(metrics: Metrics, health: Health) -> Router {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    // The alert on readiness (deploy/prometheus/) reads what /readyz would answer now.
+    s.metrics.ready.set(i64::from(s.health.ready()));
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
