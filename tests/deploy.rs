@@ -447,3 +447,126 @@ async fn last_seqs_if_caught_up(
     }
     Ok(lasts)
 }
+
+/// The `publish` and `subscribe` allow lists of deploy/nats/projector-user.values.yaml, with
+/// the default names replaced by this test's.
+fn documented_permissions(t: &TestConfig) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(repo_root().join("deploy/nats/projector-user.values.yaml"))
+        .unwrap();
+    let rename = |s: &str| {
+        let mut s = s.replace("PROJECTOR_LEASES", &t.cfg.partitions.lease_bucket);
+        for base in PROJECTED.iter().chain(&["PROJECTOR_DLQ"]) {
+            s = s.replace(base, &t.stream(base));
+        }
+        match s.as_str() {
+            "context.>" | "projector.dlq.>" => format!("{}.{s}", t.tag),
+            _ => s,
+        }
+    };
+    let (mut publish, mut subscribe) = (Vec::new(), Vec::new());
+    let mut section = "";
+    for line in text.lines().map(str::trim) {
+        if line == "publish:" || line == "subscribe:" {
+            section = line;
+        } else if let Some(subject) = line.strip_prefix("- \"").and_then(|l| l.strip_suffix('"')) {
+            if section == "publish:" {
+                publish.push(rename(subject));
+            }
+        } else if let Some(list) = line.strip_prefix("allow: [") {
+            if section == "subscribe:" {
+                subscribe.extend(
+                    list.trim_end_matches(']')
+                        .split(',')
+                        .map(|s| s.trim().trim_matches('"').to_string()),
+                );
+            }
+        }
+    }
+    (publish, subscribe)
+}
+
+/// The NATS permissions documented for the chart are enough for a partitioned `run` (read,
+/// leases, park, publish outbound) and a clean SIGTERM, with no permission violation.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_nats_user_runs_a_partitioned_projector() {
+    let t = partitioned(2);
+    let (publish, subscribe) = documented_permissions(&t);
+    assert!(
+        publish.len() > 30 && subscribe == ["_INBOX.>"],
+        "{publish:?} {subscribe:?}"
+    );
+    let quoted = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let server = OwnNats::start(
+        &t.tag,
+        &format!(
+            "authorization {{ users = [\n  {{ user: admin, password: admin-pw }}\n  {{ user: projector, password: projector-pw, permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }} }}\n] }}\n",
+            quoted(&publish),
+            quoted(&subscribe)
+        ),
+    );
+    let admin = [("NATS_USER", "admin"), ("NATS_PASSWORD", "admin-pw")];
+    let out = server.projector(&t, &admin, &["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = server.projector(&t, &admin, &["bench", "gen", "--stories", "4", "--publish"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .connect(&server.url)
+            .await
+            .unwrap(),
+    );
+    t.publish(&js, &[("planning.story.created", "{not json")])
+        .await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut child, log) = server.spawn(
+        &t,
+        &[
+            ("NATS_USER", "projector"),
+            ("NATS_PASSWORD", "projector-pw"),
+        ],
+        &["run", "--instance", "documented", "--metrics-addr", &addr],
+    );
+    // Everything projected (lag 0 on every worker), the poison parked, context.updated out.
+    eventually(180, || async move {
+        let page = http_get(port, "/metrics")?;
+        let sum = |name: &str| -> f64 {
+            page.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let parked = sum("projector_parked_total");
+        let outbound = sum("projector_outbound_total");
+        let lag = sum("projector_lag");
+        let held = sum("projector_partitions_held");
+        if parked == 1.0 && outbound > 0.0 && lag == 0.0 && held == 2.0 && ready(port).is_ok() {
+            Ok(())
+        } else {
+            Err(format!(
+                "parked {parked}, outbound {outbound}, lag {lag}, held {held}"
+            ))
+        }
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(
+        !text.to_lowercase().contains("permissions violation"),
+        "{text}"
+    );
+    assert!(
+        holders(&t, &js).await.is_empty(),
+        "leases handed back on SIGTERM"
+    );
+}
