@@ -11,9 +11,13 @@
 - the hook Job runs `projector streams ensure` before install and upgrade;
 - a rendered PrometheusRule carries exactly deploy/prometheus/projector.rules.yml;
 - only these kinds are rendered (kubernetes-validate cannot check the CRD ones);
-- the Grafana dashboard parses and every panel has a query.
+- the Grafana dashboard parses and every panel has a query;
+- the projector binary ($PROJECTOR_BIN) loads every rendered projector.toml (`bench gen`
+  parses and validates the config without connecting anywhere).
 """
 import json
+import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -52,6 +56,12 @@ def check_release(name, objs, rules):
             if section not in cfg:
                 fail(f"{name}: projector.toml has no [{section}]")
         configs[cm["metadata"]["name"]] = cfg
+        path = Path(sys.argv[1]) / f"{name}-{cm['metadata']['name']}.toml"
+        path.write_text(text)
+        run = subprocess.run([os.environ["PROJECTOR_BIN"], "--config", str(path), "bench", "gen",
+                              "--stories", "1"], capture_output=True, text=True)
+        if run.returncode != 0:
+            fail(f"{name}: projector refuses {cm['metadata']['name']}'s projector.toml: {run.stderr.strip()}")
     if len({json.dumps(c, sort_keys=True) for c in configs.values()}) != 1:
         fail(f"{name}: the hook's projector.toml differs from the Deployment's")
     (dep,) = by_kind["Deployment"]
