@@ -194,23 +194,7 @@ impl Leases {
             )
             .await
             .map_err(|e| nats_err("heartbeat")(e.to_string()))?;
-        for (p, rev) in self.held.clone() {
-            let key = lease_key(&self.projector, p);
-            match self
-                .kv
-                .update(&key, self.instance.clone().into(), rev)
-                .await
-            {
-                Ok(r) => {
-                    self.held.insert(p, r);
-                }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    self.held.remove(&p);
-                    ch.lost.push(p);
-                }
-                Err(e) => return Err(nats_err("refresh")(e.to_string())),
-            }
-        }
+        ch.lost = self.refresh().await?;
         // Who holds the others, and when they last refreshed: if one of them stops, this
         // is what says how long its partition went without a writer once we take it.
         for p in (0..self.partitions).filter(|p| !self.held.contains_key(p)) {
@@ -276,6 +260,31 @@ impl Leases {
             }
         }
         Ok(ch)
+    }
+
+    /// Refreshes every lease held; returns the partitions found taken by another instance
+    /// (no longer held). Also called alone while shutting down, so the leases of partitions
+    /// still finishing their batch do not expire under them.
+    pub async fn refresh(&mut self) -> Result<Vec<u32>, WriteError> {
+        let mut lost = Vec::new();
+        for (p, rev) in self.held.clone() {
+            let key = lease_key(&self.projector, p);
+            match self
+                .kv
+                .update(&key, self.instance.clone().into(), rev)
+                .await
+            {
+                Ok(r) => {
+                    self.held.insert(p, r);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.held.remove(&p);
+                    lost.push(p);
+                }
+                Err(e) => return Err(nats_err("refresh")(e.to_string())),
+            }
+        }
+        Ok(lost)
     }
 
     /// Gives a partition back (its workers have stopped), so another instance can take it

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the projector, registered once and shared by every worker.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// All metrics, labelled by projector and stream (and partition where it applies).
@@ -28,7 +29,29 @@ pub struct Metrics {
     pub takeovers: IntCounterVec,
     /// For expired leases: from the old holder's last refresh to the new holder's start.
     pub takeover_gap: HistogramVec,
+    /// The configured `[partitions] count`, so an alert can compare it with the partitions
+    /// held (`deploy/prometheus/`). Set only when partitions are leased (count > 1).
+    pub partitions_configured: IntGaugeVec,
+    /// 1 while `/readyz` would answer ready, 0 otherwise; set at each scrape.
+    pub ready: IntGauge,
+    /// The process's resident set size (Linux `/proc/self/status`), set at each scrape.
+    pub resident_memory: IntGauge,
 }
+
+/// Kinds of `projector_write_errors_total` and `projector_retries_total` a worker can count:
+/// every `WriteError::kind` and `ack`. Created at zero when a worker starts, so a first error
+/// is an increase an alert can see, and the series exist for the dashboard.
+const WORKER_ERROR_KINDS: &[&str] = &[
+    "neo4j_unavailable",
+    "neo4j_transient",
+    "neo4j_refused",
+    "unconfirmed",
+    "checkpoint_moved",
+    "generation_moved",
+    "valkey",
+    "nats",
+    "ack",
+];
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -167,16 +190,119 @@ impl Metrics {
                 vec![0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0],
                 &["projector"],
             ),
+            partitions_configured: gauge(
+                &r,
+                "projector_partitions_configured",
+                "The configured partition count ([partitions] count), when partitions are leased",
+                &["projector"],
+            ),
+            ready: {
+                let g = IntGauge::new(
+                    "projector_ready",
+                    "1 while /readyz reports ready (every worker connected, none halted, lag under --ready-lag; a standby holding no partition is ready), else 0",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            resident_memory: {
+                let g = IntGauge::new(
+                    "process_resident_memory_bytes",
+                    "Resident memory size of the projector process in bytes",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             registry: r,
+        }
+    }
+
+    /// Creates a worker's counters at zero (errors by kind, gaps, lost messages): a counter
+    /// that first appears at 1 is invisible to `increase()`, and a dashboard needs the series.
+    pub fn init_worker(&self, projector: &str, stream: &str) {
+        self.gaps.with_label_values(&[projector, stream]);
+        self.lost_messages.with_label_values(&[projector, stream]);
+        for kind in WORKER_ERROR_KINDS {
+            self.write_errors
+                .with_label_values(&[projector, stream, kind]);
+            self.retries.with_label_values(&[projector, stream, kind]);
+        }
+    }
+
+    /// Partitioned runs: the configured count, and the takeover and lease series at zero.
+    pub fn init_partitioned(&self, projector: &str, count: u32) {
+        self.partitions_configured
+            .with_label_values(&[projector])
+            .set(i64::from(count));
+        for how in ["expired", "handed_over"] {
+            self.takeovers.with_label_values(&[projector, how]);
+        }
+        self.takeover_gap.with_label_values(&[projector]);
+        self.write_errors
+            .with_label_values(&[projector, "-", "lease"]);
+    }
+
+    /// Drops the lag and checkpoint of a partition this instance no longer holds: its new
+    /// holder reports them, and a frozen copy here would keep a lag alert firing.
+    pub fn forget_partition(&self, projector: &str, stream: &str, partition: u32) {
+        let p = partition.to_string();
+        for g in [&self.lag, &self.checkpoint] {
+            // Absent when the worker stopped before its first batch: nothing to forget.
+            if g.remove_label_values(&[projector, stream, &p]).is_err() {
+                tracing::debug!(projector, stream, partition, "no lag series to drop");
+            }
         }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        match resident_bytes() {
+            Some(b) => self.resident_memory.set(b),
+            // Not Linux (no /proc): the gauge stays at 0 rather than failing the scrape.
+            None => tracing::debug!("resident memory unknown (no /proc/self/status)"),
+        }
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding never fails");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// VmRSS from `/proc/self/status`, in bytes.
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initialised_series_are_rendered_at_zero_and_forgotten_lag_is_gone() {
+        let m = Metrics::new();
+        m.init_worker("graph", "S");
+        m.init_partitioned("graph", 6);
+        m.lag.with_label_values(&["graph", "S", "2"]).set(40);
+        let text = m.render();
+        for name in [
+            "projector_gaps_total{projector=\"graph\",stream=\"S\"} 0",
+            "projector_write_errors_total{kind=\"valkey\",projector=\"graph\",stream=\"S\"} 0",
+            "projector_partition_takeovers_total{how=\"expired\",projector=\"graph\"} 0",
+            "projector_partitions_configured{projector=\"graph\"} 6",
+            "projector_lag{partition=\"2\",projector=\"graph\",stream=\"S\"} 40",
+            "projector_ready 0",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+        if cfg!(target_os = "linux") {
+            assert!(!text.contains("process_resident_memory_bytes 0"), "{text}");
+        }
+        m.forget_partition("graph", "S", 2);
+        assert!(!m.render().contains("projector_lag{"));
     }
 }

@@ -429,6 +429,9 @@ async fn run_partitioned(
             ..shared.clone()
         })
         .collect();
+    for p in projectors {
+        shared.metrics.init_partitioned(&p.name, pc.count);
+    }
     tracing::info!(instance = %base.opts.instance, partitions = pc.count, lease_ttl_s = pc.lease_ttl.as_secs(), bucket = %pc.lease_bucket, "claiming partitions through leases");
     let mut owned: BTreeMap<(usize, u32), Owned> = BTreeMap::new();
     let mut handing_over: std::collections::BTreeSet<(usize, u32)> = Default::default();
@@ -441,7 +444,20 @@ async fn run_partitioned(
             break;
         }
         tokio::select! {
-            _ = tick.tick(), if deadline.is_none() => {
+            _ = tick.tick() => {
+                if deadline.is_some() {
+                    // Shutting down: keep the leases of partitions still finishing their
+                    // batch (each is released as soon as its workers stop, below), so none
+                    // expires and gets a second writer while the first still commits.
+                    for (l, p) in leases.iter_mut().zip(projectors) {
+                        match l.refresh().await {
+                            Ok(lost) if lost.is_empty() => {}
+                            Ok(lost) => tracing::warn!(projector = %p.name, partitions = ?lost, "leases taken by another instance while this one shuts down; their batches in flight will not commit (checkpoint moved)"),
+                            Err(e) => tracing::warn!(projector = %p.name, error = %e, "lease refresh failed while shutting down; retrying next round"),
+                        }
+                    }
+                    continue;
+                }
                 for (i, l) in leases.iter_mut().enumerate() {
                     let p = &projectors[i];
                     // An instance holding no partition is a ready standby while its upkeep works.
@@ -533,7 +549,9 @@ async fn run_partitioned(
                     o.workers -= 1;
                     if o.workers == 0 {
                         owned.remove(&(i, part));
-                        if handing_over.remove(&(i, part)) {
+                        if handing_over.remove(&(i, part)) || deadline.is_some() {
+                            // Surplus, or shutting down: the partition's workers are done, so
+                            // another instance may take it now rather than after the others.
                             if let Err(e) = leases[i].release(part).await {
                                 tracing::warn!(projector = %projectors[i].name, partition = part, error = %e, "cannot release the lease; it expires by itself");
                             }
@@ -545,6 +563,10 @@ async fn run_partitioned(
                     Ok(exit) => {
                         if deadline.is_none() {
                             shared.health.remove(&name);
+                            // name is projector/stream/partition (set where it was spawned).
+                            if let Some((projector, stream)) = name.rsplit_once('/').and_then(|(ps, _)| ps.split_once('/')) {
+                                shared.metrics.forget_partition(projector, stream, part);
+                            }
                         }
                         exits.push((name, exit));
                     }

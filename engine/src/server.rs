@@ -31,6 +31,8 @@ pub(crate) async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    // The alert on readiness (deploy/prometheus/) reads what /readyz would answer now.
+    s.metrics.ready.set(i64::from(s.health.ready()));
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -286,6 +286,9 @@ impl Worker {
             error: e.to_string(),
         };
         self.sh.health.update(&self.name, |h| h.connected = false);
+        self.sh
+            .metrics
+            .init_worker(&self.cfg.projector, &self.cfg.stream);
         loop {
             if self.stopping() {
                 return Ok(self.exit());
