@@ -299,6 +299,16 @@ impl Leases {
         Ok(())
     }
 
+    /// Removes this instance's heartbeat, so the others stop counting it in the fair share
+    /// and take each partition as soon as it is released (shutdown starts). Its leases are
+    /// kept and refreshed until their workers stop.
+    pub async fn leave(&mut self) -> Result<(), WriteError> {
+        self.kv
+            .delete(instance_key(&self.projector, &self.instance))
+            .await
+            .map_err(|e| nats_err("heartbeat delete")(e.to_string()))
+    }
+
     /// Releases everything and removes the heartbeat (graceful shutdown).
     pub async fn release_all(&mut self) -> Result<(), WriteError> {
         for p in self.held() {

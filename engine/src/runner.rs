@@ -581,11 +581,21 @@ async fn run_partitioned(
                 for o in owned.values() {
                     let _ = o.stop.send(true);
                 }
+                // Leave the fair share now: without it the other instances still count this
+                // one and take its partitions only after the lease TTL, not on release.
+                for (l, p) in leases.iter_mut().zip(projectors) {
+                    if let Err(e) = l.leave().await {
+                        tracing::warn!(projector = %p.name, error = %e, "cannot remove this instance's heartbeat; the others take its partitions when its heartbeat ages out");
+                    }
+                }
                 deadline = Some(tokio::time::Instant::now() + base.opts.shutdown_timeout);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 tracing::error!(secs = base.opts.shutdown_timeout.as_secs(), "shutdown deadline passed with batches in flight; they were not acked and will be redelivered");
                 set.abort_all();
+                // Wait until the aborted workers are gone before the leases are released:
+                // a commit still in flight must not land after another instance took over.
+                while set.join_next().await.is_some() {}
                 break;
             }
         }
