@@ -114,6 +114,11 @@ pub struct RunArgs {
     /// What to do when messages after the checkpoint are gone from the stream.
     #[arg(long, value_enum, default_value_t = OnGapArg::Halt)]
     pub on_gap: OnGapArg,
+    /// A stored checkpoint is past its stream's last sequence (the stream was deleted and
+    /// recreated, or restored from an older backup): project the stream from its first
+    /// sequence into this generation instead of halting. A rebuild is the clean alternative.
+    #[arg(long)]
+    pub accept_stream_reset: bool,
     /// Exit 0 once every projector's checkpoint reaches its streams' last sequence.
     #[arg(long)]
     pub until_caught_up: bool,
@@ -343,6 +348,11 @@ pub struct RebuildArgs {
     /// Keep the previous live generation instead of dropping it after the switch.
     #[arg(long)]
     pub keep_old: bool,
+    /// If --name exists already (and is not live), drop it first and build it anew. Without
+    /// it, an existing name is refused (exit 2), except a build that was interrupted, which
+    /// is resumed.
+    #[arg(long)]
+    pub replace: bool,
     /// Messages per transaction.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20000))]
     pub batch_size: u32,
@@ -350,16 +360,22 @@ pub struct RebuildArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum GenerationsCommand {
-    /// Every generation with its number of stories; the live one is marked.
+    /// Every generation holding nodes, with its size and created time; each one live for
+    /// some deployment (any config sharing this Neo4j) is marked.
     List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Delete a generation (never the live one) and its cache entries, in bounded batches.
+    /// Delete a generation and its cache entries, in bounded batches. Never a generation
+    /// that any deployment's pointer in this Neo4j marks live; unknown names exit 2.
     Drop {
         /// Generation name.
         name: String,
+        /// Drop without asking (scripts). Without it, a terminal is asked to confirm and
+        /// anything else is refused (exit 2).
+        #[arg(long)]
+        yes: bool,
     },
 }
 

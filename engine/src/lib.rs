@@ -13,6 +13,7 @@ pub mod history;
 pub mod layout;
 pub mod leases;
 pub mod metrics;
+pub mod migrate;
 pub mod nats;
 pub mod retry;
 pub mod runner;
