@@ -218,6 +218,23 @@ pub async fn mark(graph: &GraphSink, name: &str, state: Option<&str>) -> Result<
         .map_err(|e| WriteError::from_neo4j(graph.uri(), e))
 }
 
+/// Removes the marker of `name` when nothing else carries its `gen`: a build refused
+/// before it wrote anything leaves no generation behind.
+pub async fn unmark_if_empty(graph: &GraphSink, name: &str) -> Result<(), WriteError> {
+    graph
+        .graph()
+        .run(
+            query(
+                "MATCH (g:Generation {gen: $gen}) \
+                 WHERE NOT EXISTS { MATCH (n) WHERE n.gen = $gen AND NOT n:Generation } \
+                 DELETE g",
+            )
+            .param("gen", name),
+        )
+        .await
+        .map_err(|e| WriteError::from_neo4j(graph.uri(), e))
+}
+
 /// The build state recorded for `name` (`building`, `built`), if any.
 pub async fn state(graph: &GraphSink, name: &str) -> Result<Option<String>, WriteError> {
     Ok(markers(graph).await?.remove(name).and_then(|(_, s)| s))

@@ -463,6 +463,22 @@ mod tests {
     }
 
     #[test]
+    fn a_mirrors_duplicate_window_is_not_compared_a_live_streams_is() {
+        let cfg = Config::from_toml(DEFAULT_TOML, "t").unwrap();
+        let all = specs(&cfg);
+        let archive = all.iter().find(|s| s.mirror_of.is_some()).unwrap().config();
+        let mut found = archive.clone();
+        // What nats-server 2.15 reports for a mirror after a restart.
+        found.duplicate_window = Duration::ZERO;
+        assert!(diff(&archive, &found).is_empty());
+        let live = all[0].config();
+        let mut found = live.clone();
+        found.duplicate_window = Duration::ZERO;
+        let fields: Vec<_> = diff(&live, &found).iter().map(|d| d.field).collect();
+        assert_eq!(fields, vec!["duplicate_window"]);
+    }
+
+    #[test]
     fn subjects_compare_as_sets() {
         let cfg = Config::from_toml(DEFAULT_TOML, "t").unwrap();
         let mut wanted = specs(&cfg)[0].config();

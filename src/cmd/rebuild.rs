@@ -185,7 +185,18 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
         )));
     }
     prepare_name(cfg, &graph, &name, a.replace).await?;
-    let keys = build_generation(cfg, &a.projector, &name, as_of, a.batch_size as usize).await?;
+    let keys = match build_generation(cfg, &a.projector, &name, as_of, a.batch_size as usize).await
+    {
+        Ok(k) => k,
+        Err(e) => {
+            // A refusal (a range the streams cannot serve) wrote nothing: no generation is
+            // left behind either. A build that wrote stays `building`, to be resumed.
+            if let Err(u) = generations::unmark_if_empty(&graph, &name).await {
+                tracing::error!(generation = %name, error = %u, "could not remove the empty generation's marker");
+            }
+            return Err(e);
+        }
+    };
     generations::mark(&graph, &name, Some("built")).await?;
     if as_of.is_some() {
         println!(
