@@ -215,8 +215,11 @@ pub enum StreamsCommand {
     /// Create missing streams (file storage) and report any drift from the config (exit 2).
     ///
     /// An existing stream is compared field by field; each differing field is printed with
-    /// the wanted and the found value. A memory stream is drift: --migrate moves it to file
+    /// the wanted and the found value (a mirror's duplicate window is not compared: the
+    /// server does not keep one). A memory stream is drift: --migrate moves it to file
     /// storage keeping every message and sequence number (stored checkpoints stay valid).
+    /// An interrupted migration is reported (exit 2) and never "repaired" by creating an
+    /// empty stream; --migrate continues it. Work-queue and interest streams are drift.
     Ensure(EnsureArgs),
     /// Show each stream (storage, messages, first/last sequence) and its consumers.
     Status(StatusArgs),
@@ -224,8 +227,9 @@ pub enum StreamsCommand {
 
 #[derive(Debug, Args)]
 pub struct EnsureArgs {
-    /// Move memory-storage streams to file storage (mirror, then promote). Publishers to
-    /// the stream's subjects get errors for the few seconds the move takes.
+    /// Move memory-storage streams to file storage (mirror, then promote), or continue an
+    /// interrupted move from where it stopped. Publishers to the stream's subjects get
+    /// errors for the few seconds the move takes.
     #[arg(long)]
     pub migrate: bool,
     /// Print one JSON object instead of text.

@@ -312,14 +312,20 @@ async fn consumer_names(js: &jetstream::Context, t: &TestConfig) -> Vec<String> 
     ] {
         let s = js.get_stream(t.stream(base)).await.unwrap();
         let names: Vec<String> = s.consumer_names().try_collect().await.unwrap();
-        out.extend(names.into_iter().map(|n| format!("{base}/{n}")));
+        // Durables only (projector names them all `projector-...`): the replays' ordered
+        // consumers are ephemeral, and the server removes them after their client is gone.
+        out.extend(
+            names
+                .into_iter()
+                .filter(|n| n.starts_with("projector-"))
+                .map(|n| format!("{base}/{n}")),
+        );
     }
     out.sort();
     out
 }
 
-/// Equal to `want` once the ordered (ephemeral) consumers of the replays are gone: the
-/// server removes those by itself seconds after their client went away.
+/// Equal to `want` within 30 s (a deletion in flight when the process exits settles).
 async fn consumers_settle(js: &jetstream::Context, t: &TestConfig, want: &[String], what: &str) {
     eventually(30, || async {
         let now = consumer_names(js, t).await;
@@ -366,7 +372,7 @@ async fn verify_and_rebuild_leave_no_consumers_or_temporary_generations() {
     assert!(out.status.success(), "{}", stderr(&out));
     consumers_settle(&js, &t, &before, "after rebuild").await;
 
-    // Interrupted: a signal a moment after the start, while it builds.
+    // Interrupted: a signal once the temporary generation exists, while it builds.
     for signal in ["-INT", "-TERM"] {
         let child = Command::new(env!("CARGO_BIN_EXE_projector"))
             .arg("--config")
@@ -376,7 +382,16 @@ async fn verify_and_rebuild_leave_no_consumers_or_temporary_generations() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
+        // verify names its temporary generation `verify-<pid>-<nanos>`.
+        let mine = format!("verify-{}-", child.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !generation_names(&t).iter().any(|g| g.starts_with(&mine)) {
+            assert!(
+                Instant::now() < deadline,
+                "{signal}: no temporary generation"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let sent = Command::new("kill")
             .arg(signal)
             .arg(child.id().to_string())
@@ -384,11 +399,16 @@ async fn verify_and_rebuild_leave_no_consumers_or_temporary_generations() {
             .unwrap();
         assert!(sent.success());
         let out = child.wait_with_output().unwrap();
-        assert_ne!(out.status.code(), Some(0), "{signal}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{signal}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("interrupted; the temporary generation verify-"),
+            "{signal}: {}",
+            stderr(&out)
+        );
         consumers_settle(&js, &t, &before, &format!("{signal}: {}", stderr(&out))).await;
         let gens = generation_names(&t);
         assert!(
-            !gens.iter().any(|g| g.starts_with("verify-")),
+            !gens.iter().any(|g| g.starts_with(&mine)),
             "{signal}: {gens:?}\n{}",
             stderr(&out)
         );

@@ -194,6 +194,7 @@ async fn markers(graph: &GraphSink) -> Result<Marks, WriteError> {
     while let Some(r) = rows.next().await.map_err(err)? {
         out.insert(
             field(&r, "gen")?,
+            // Null reads as an error from `get`: a marker without a time or a state.
             (r.get::<i64>("created").ok(), r.get::<String>("state").ok()),
         );
     }

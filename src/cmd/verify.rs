@@ -57,13 +57,16 @@ pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
     if let Err(e) = &cleanup {
         eprintln!("error: could not drop the temporary generation {tmp}: {e}; drop it with `projector generations drop {tmp} --yes`");
     }
-    let (fresh, diffs) = result?;
-    cleanup?;
+    // Interrupted first: the build's own "run the same command to resume" is not meant
+    // for verify, whose temporary generation is gone.
     if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        cleanup?;
         return Err(CliError::Failed(format!(
             "interrupted; the temporary generation {tmp} was dropped"
         )));
     }
+    let (fresh, diffs) = result?;
+    cleanup?;
     let same = fresh.hash == d.hash;
     if a.json {
         println!(
