@@ -371,6 +371,15 @@ async fn migrate_stopped_at_every_step_resumes_and_keeps_every_message() {
         let js = memory_stream_with_messages(&t, 200).await;
         let name = t.stream("PLANNING_EVENTS");
         let before = read_all(&js, &name, 200).await;
+        // Once, a projector with a checkpoint in the memory stream: it must go on after the
+        // migration from that checkpoint (same sequences and stream times), with no reset.
+        let projected = steps == 3;
+        if projected {
+            // Creates the other streams (and reports the memory one: exit 2).
+            assert_eq!(t.projector(&["streams", "ensure"]).status.code(), Some(2));
+            let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
         let stop = steps.to_string();
         let out = projector_env(
             &t,
@@ -436,5 +445,28 @@ async fn migrate_stopped_at_every_step_resumes_and_keeps_every_message() {
         );
         let clean = t.projector(&["streams", "ensure"]);
         assert!(clean.status.success(), "step {steps}: {}", stdout(&clean));
+        if projected {
+            let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+            assert!(
+                out.status.success(),
+                "after the migration: {}",
+                stderr(&out)
+            );
+            let v: serde_json::Value =
+                serde_json::from_slice(&t.projector(&["streams", "status", "--json"]).stdout)
+                    .unwrap();
+            let p = v["projectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["stream"] == name.as_str())
+                .unwrap()
+                .clone();
+            assert_eq!(
+                (p["checkpoint"].as_u64(), p["stream_reset"].as_bool()),
+                (Some(201), Some(false)),
+                "{p}"
+            );
+        }
     }
 }
