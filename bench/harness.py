@@ -211,7 +211,7 @@ def main():
     # right after a start and 1,264 later. Warm it with a scratch ceiling run, then drop it.
     sh([b, "bench", "ceiling", "--stories", max(50, args.stories // 10), "--seed", 99,
         "--generation", "bench-warmup"], env=env)
-    sh([b, "generations", "drop", "bench-warmup"], env=env)
+    sh([b, "generations", "drop", "bench-warmup", "--yes"], env=env)
     out = sh([b, "bench", "gen", "--stories", args.stories, "--seed", args.seed, "--publish"], env=env)
     events = int(re.search(r"published (\d+) events", out).group(1))
     results["events"] = events

@@ -158,7 +158,7 @@ def main():
                    partitions=args.partitions, cores=os.cpu_count(), rows=[])
     # A cold Neo4j JVM is twice as slow (docs/benchmarks.md): warm it with a scratch ceiling run.
     sh([args.binary, "bench", "ceiling", "--stories", 300, "--seed", 99, "--generation", "scale-warmup"], env)
-    sh([args.binary, "generations", "drop", "scale-warmup"], env)
+    sh([args.binary, "generations", "drop", "scale-warmup", "--yes"], env)
 
     def single_round(label):
         secs, cpu = timed_instances(args.binary, single, 1, 1, args.port)

@@ -197,6 +197,11 @@ pub struct RunArgs {
     /// What to do when messages after the checkpoint are gone from the stream.
     #[arg(long, value_enum, default_value_t = OnGapArg::Halt)]
     pub on_gap: OnGapArg,
+    /// A stored checkpoint is past its stream's last sequence (the stream was deleted and
+    /// recreated, or restored from an older backup): project the stream from its first
+    /// sequence into this generation instead of halting. A rebuild is the clean alternative.
+    #[arg(long)]
+    pub accept_stream_reset: bool,
     /// Exit 0 once every projector's checkpoint reaches its streams' last sequence.
     #[arg(long)]
     pub until_caught_up: bool,
@@ -297,8 +302,11 @@ pub enum StreamsCommand {
     /// Create missing streams (file storage) and report any drift from the config (exit 2).
     ///
     /// An existing stream is compared field by field; each differing field is printed with
-    /// the wanted and the found value. A memory stream is drift: --migrate moves it to file
+    /// the wanted and the found value (a mirror's duplicate window is not compared: the
+    /// server does not keep one). A memory stream is drift: --migrate moves it to file
     /// storage keeping every message and sequence number (stored checkpoints stay valid).
+    /// An interrupted migration is reported (exit 2) and never "repaired" by creating an
+    /// empty stream; --migrate continues it. Work-queue and interest streams are drift.
     #[command(
         after_help = "Examples:\n  projector streams ensure\n  projector streams ensure --migrate --json"
     )]
@@ -310,8 +318,9 @@ pub enum StreamsCommand {
 
 #[derive(Debug, Args)]
 pub struct EnsureArgs {
-    /// Move memory-storage streams to file storage (mirror, then promote). Publishers to
-    /// the stream's subjects get errors for the few seconds the move takes.
+    /// Move memory-storage streams to file storage (mirror, then promote), or continue an
+    /// interrupted move from where it stopped. Publishers to the stream's subjects get
+    /// errors for the few seconds the move takes.
     #[arg(long)]
     pub migrate: bool,
     /// Print one JSON object instead of text.
@@ -450,6 +459,11 @@ pub struct RebuildArgs {
     /// Keep the previous live generation instead of dropping it after the switch.
     #[arg(long)]
     pub keep_old: bool,
+    /// If --name exists already (and is not live), drop it first and build it anew. Without
+    /// it, an existing name is refused (exit 2), except a build that was interrupted, which
+    /// is resumed.
+    #[arg(long)]
+    pub replace: bool,
     /// Messages per transaction.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20000))]
     pub batch_size: u32,
@@ -461,18 +475,24 @@ pub struct RebuildArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum GenerationsCommand {
-    /// Every generation with its number of stories; the live one is marked.
+    /// Every generation holding nodes, with its size and created time; each one live for
+    /// some deployment (any config sharing this Neo4j) is marked.
     #[command(after_help = "Example:\n  projector generations list --json")]
     List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Delete a generation (never the live one) and its cache entries, in bounded batches.
-    #[command(after_help = "Example:\n  projector generations drop rebuild-1767225600")]
+    /// Delete a generation and its cache entries, in bounded batches. Never a generation
+    /// that any deployment's pointer in this Neo4j marks live; unknown names exit 2.
+    #[command(after_help = "Example:\n  projector generations drop rebuild-1767225600 --yes")]
     Drop {
         /// Generation name.
         name: String,
+        /// Drop without asking (scripts). Without it, a terminal is asked to confirm and
+        /// anything else is refused (exit 2).
+        #[arg(long)]
+        yes: bool,
         /// Print one JSON object: {"dropped": name, "nodes": n}.
         #[arg(long)]
         json: bool,

@@ -127,4 +127,7 @@ async fn a_capped_archive_makes_the_rebuild_refuse_instead_of_building_a_partial
         0,
         "nothing was built"
     );
+    // Not even an empty generation: `generations list` does not show the name.
+    let list = stdout(&t.projector(&["generations", "list"]));
+    assert!(!list.contains(&r), "{list}");
 }

@@ -66,7 +66,7 @@ async fn two_rebuilds_and_the_live_run_give_the_same_hash() {
         serde_json::from_str(&ok(t.projector(&["verify", "--json"]))).unwrap();
     assert_eq!(v["cache_keys"], 20, "{v}");
     // Dropping the live generation is refused.
-    let o = t.projector(&["generations", "drop", &r2]);
+    let o = t.projector(&["generations", "drop", &r2, "--yes"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 

@@ -302,3 +302,171 @@ async fn instances_creating_the_schema_at_once_all_start() {
         }
     }
 }
+
+/// A restart of nats-server makes it report the archives' (mirrors') duplicate window as 0.
+/// `ensure` compares only what the server keeps for each kind of stream, so a deploy gated on
+/// it is not blocked by a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn ensure_is_clean_after_a_nats_restart() {
+    let _g = serial().await;
+    let t = TestConfig::new();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stack(&["restart", "nats"]);
+    let again = t.projector(&["streams", "ensure"]);
+    assert!(
+        again.status.success(),
+        "ensure after a NATS restart: exit {:?}\n{}\n{}",
+        again.status.code(),
+        stdout(&again),
+        stderr(&again)
+    );
+    assert_eq!(
+        stdout(&again).matches(": ok").count(),
+        10,
+        "{}",
+        stdout(&again)
+    );
+    // A live stream's duplicate window is still compared: changing it is drift.
+    let js = jetstream::new(nats(&t.cfg).await);
+    let mut c = js
+        .get_stream(t.stream("PLANNING_EVENTS"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    c.duplicate_window = Duration::from_secs(30);
+    js.update_stream(c).await.unwrap();
+    let drift = t.projector(&["streams", "ensure"]);
+    assert_eq!(drift.status.code(), Some(2), "{}", stdout(&drift));
+    assert!(
+        stdout(&drift).contains("duplicate_window  wanted 2m"),
+        "{}",
+        stdout(&drift)
+    );
+}
+
+fn projector_env(t: &TestConfig, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_projector"));
+    c.arg("--config").arg(&t.path).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("projector binary runs")
+}
+
+/// `--migrate` stopped after each of its steps (as a kill would stop it) leaves a state that a
+/// plain `ensure` recognises and refuses to "repair" by creating an empty stream, and that
+/// `--migrate` finishes: every message keeps its sequence number and payload (so stored
+/// checkpoints stay valid), and nothing temporary is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_stopped_at_every_step_resumes_and_keeps_every_message() {
+    let _g = serial().await;
+    // Seven steps: stopping after 1..=6 leaves each intermediate stage once.
+    for steps in 1..=6 {
+        let t = TestConfig::new();
+        let js = memory_stream_with_messages(&t, 200).await;
+        let name = t.stream("PLANNING_EVENTS");
+        let before = read_all(&js, &name, 200).await;
+        // Once, a projector with a checkpoint in the memory stream: it must go on after the
+        // migration from that checkpoint (same sequences and stream times), with no reset.
+        let projected = steps == 3;
+        if projected {
+            // Creates the other streams (and reports the memory one: exit 2).
+            assert_eq!(t.projector(&["streams", "ensure"]).status.code(), Some(2));
+            let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let stop = steps.to_string();
+        let out = projector_env(
+            &t,
+            &[("PROJECTOR_MIGRATE_STOP_AFTER", &stop)],
+            &["streams", "ensure", "--migrate"],
+        );
+        assert_eq!(out.status.code(), Some(1), "step {steps}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("PROJECTOR_MIGRATE_STOP_AFTER"),
+            "{}",
+            stderr(&out)
+        );
+
+        // A plain ensure: exit 2, names the interruption, creates nothing in NAME's place.
+        let existed = js.get_stream(&name).await.is_ok();
+        let plain = t.projector(&["streams", "ensure"]);
+        assert_eq!(
+            plain.status.code(),
+            Some(2),
+            "step {steps}: {}\n{}",
+            stdout(&plain),
+            stderr(&plain)
+        );
+        assert!(
+            stdout(&plain).contains(&format!("{name}: MIGRATION INTERRUPTED")),
+            "step {steps}: {}",
+            stdout(&plain)
+        );
+        assert_eq!(
+            js.get_stream(&name).await.is_ok(),
+            existed,
+            "step {steps}: plain ensure changed whether {name} exists"
+        );
+
+        let done = t.projector(&["streams", "ensure", "--migrate"]);
+        assert!(
+            done.status.success(),
+            "step {steps}: {}\n{}",
+            stdout(&done),
+            stderr(&done)
+        );
+        assert!(
+            stdout(&done)
+                .contains("migrated to file storage (200 messages, sequences 1..200 kept)"),
+            "step {steps}: {}",
+            stdout(&done)
+        );
+        let mut s = js.get_stream(&name).await.unwrap();
+        let info = s.info().await.unwrap().clone();
+        assert_eq!(info.config.storage, StorageType::File, "step {steps}");
+        assert!(info.config.mirror.is_none(), "step {steps}");
+        assert_eq!(read_all(&js, &name, 200).await, before, "step {steps}");
+        assert!(js.get_stream(format!("{name}_MIGRATING")).await.is_err());
+        let ack = js
+            .publish(t.subject("planning.story.created"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(
+            ack.sequence, 201,
+            "step {steps}: publishes go on at the next sequence"
+        );
+        let clean = t.projector(&["streams", "ensure"]);
+        assert!(clean.status.success(), "step {steps}: {}", stdout(&clean));
+        if projected {
+            let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+            assert!(
+                out.status.success(),
+                "after the migration: {}",
+                stderr(&out)
+            );
+            let v: serde_json::Value =
+                serde_json::from_slice(&t.projector(&["streams", "status", "--json"]).stdout)
+                    .unwrap();
+            let p = v["projectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["stream"] == name.as_str())
+                .unwrap()
+                .clone();
+            assert_eq!(
+                (p["checkpoint"].as_u64(), p["stream_reset"].as_bool()),
+                (Some(201), Some(false)),
+                "{p}"
+            );
+        }
+    }
+}

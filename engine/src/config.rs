@@ -103,10 +103,18 @@ pub struct Neo4jConfig {
     /// two measured best on the 2-core bench machine. See docs/decisions.md.
     #[serde(default = "two")]
     pub max_concurrent_writes: usize,
+    /// How long one-shot commands (`run --until-caught-up`, replay, rebuild, verify, query,
+    /// status) wait for Neo4j before failing with exit 1. The daemon keeps retrying.
+    #[serde(default = "thirty_secs", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
 }
 
 fn two() -> usize {
     2
+}
+
+fn thirty_secs() -> Duration {
+    Duration::from_secs(30)
 }
 
 // Secrets never reach logs: Debug hides the password.
@@ -117,6 +125,7 @@ impl std::fmt::Debug for Neo4jConfig {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("max_concurrent_writes", &self.max_concurrent_writes)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }

@@ -14,6 +14,7 @@ pub mod history;
 pub mod layout;
 pub mod leases;
 pub mod metrics;
+pub mod migrate;
 pub mod nats;
 pub mod retry;
 pub mod runner;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub parked: IntCounterVec,
     pub write_errors: IntCounterVec,
     pub gaps: IntCounterVec,
+    /// Checkpoints found past their stream's last sequence (stream deleted and recreated).
+    pub stream_resets: IntCounterVec,
     pub lost_messages: IntCounterVec,
     pub outbound: IntCounterVec,
     /// Partitions this instance holds a lease on (after each upkeep round).
@@ -157,6 +159,12 @@ impl Metrics {
                 &r,
                 "projector_gaps_total",
                 "Holes found in a stream after the checkpoint (messages removed before projection)",
+                &["projector", "stream"],
+            ),
+            stream_resets: counter(
+                &r,
+                "projector_stream_resets_total",
+                "Starts that found the checkpoint past the stream's last sequence (stream deleted and recreated, or restored from an older backup)",
                 &["projector", "stream"],
             ),
             lost_messages: counter(

@@ -19,6 +19,10 @@ use tokio::sync::watch;
 /// The generation `run` writes when none is named.
 pub const DEFAULT_GENERATION: &str = "main";
 
+/// How long the server keeps a temporary durable (see [`WorkerConfig::consumer`]) that
+/// nobody pulls from: a second line of defence behind the explicit deletion.
+pub const TEMPORARY_CONSUMER_INACTIVITY: Duration = Duration::from_secs(15 * 60);
+
 /// Options of `projector run`.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -28,6 +32,8 @@ pub struct RunOptions {
     pub batch_size: usize,
     pub on_error: OnError,
     pub on_gap: OnGap,
+    /// A checkpoint past its stream's end: project the stream from its start, don't halt.
+    pub accept_stream_reset: bool,
     pub until_caught_up: bool,
     pub metrics_addr: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
@@ -61,6 +67,50 @@ pub enum RunError {
     },
     #[error("{} worker(s) failed: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Workers(Vec<WorkerError>),
+    #[error(
+        "{stream} has {retention} retention: a message is removed once any consumer acks it, \
+         so projector's acks would take the messages other readers need (and a rebuild could \
+         never read them again). Project a file mirror of it with limits retention instead \
+         (docs/operations.md, \"Work-queue streams\")"
+    )]
+    NotLimits { stream: String, retention: String },
+}
+
+impl RunError {
+    /// Refusals an operator must resolve (exit 2), as opposed to runtime failures (exit 1).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            RunError::UnknownProjector(..)
+                | RunError::PartitionedGeneration { .. }
+                | RunError::NotLimits { .. }
+                | RunError::Layout(crate::layout::LayoutApplyError::Layout(_))
+                | RunError::Connect(crate::nats::ConnectError::BadUrl { .. })
+        )
+    }
+}
+
+/// Refuses a projected stream whose retention is not `limits` (work-queue, interest).
+async fn check_retention(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<(), RunError> {
+    use async_nats::jetstream::stream::RetentionPolicy;
+    let mut s = match js.get_stream(stream).await {
+        Ok(s) => s,
+        // A missing stream is the workers' to report (they retry until it exists).
+        Err(_) => return Ok(()),
+    };
+    let info = s.info().await.map_err(|e| WriteError::Nats {
+        message: format!("stream info on stream {stream}: {e}"),
+    })?;
+    match info.config.retention {
+        RetentionPolicy::Limits => Ok(()),
+        other => Err(RunError::NotLimits {
+            stream: stream.to_string(),
+            retention: format!("{other:?}").to_lowercase(),
+        }),
+    }
 }
 
 /// Connects to all three servers and prepares the graph schema.
@@ -136,6 +186,11 @@ pub async fn run(
         }
     };
     let shared = connect(cfg, health.clone(), metrics.clone()).await?;
+    for p in &projectors {
+        for s in &p.streams {
+            check_retention(&shared.js, s).await?;
+        }
+    }
     if let Some(addr) = opts.metrics_addr {
         let mut app = crate::server::router(metrics.clone(), health.clone());
         if let Some(extra) = router {
@@ -176,10 +231,13 @@ pub async fn run(
         }
     }
     let follow_live = opts.generation.is_none();
+    crate::generations::register_pointer(&shared.graph).await?;
     let generation = match &opts.generation {
         Some(g) => g.clone(),
         None => crate::generations::live(&shared.graph).await?,
     };
+    // `generations list` shows when a generation was first written.
+    crate::generations::mark(&shared.graph, &generation, None).await?;
     let live = follow_live || generation == crate::generations::live(&shared.graph).await?;
     let partitioned = cfg.partitions.count > 1 && !opts.until_caught_up;
     for p in &projectors {
@@ -386,11 +444,20 @@ impl WorkerBase<'_> {
             batch_size: opts.batch_size,
             on_error: opts.on_error,
             on_gap: opts.on_gap,
+            accept_stream_reset: opts.accept_stream_reset,
             publish_outbound: opts.publish_outbound,
             until_caught_up: opts.until_caught_up,
             consumer: ConsumerSettings {
                 ack_wait: Duration::from_secs(60),
                 max_ack_pending: (opts.batch_size * 4) as i64,
+                // A fixed generation caught up once (a rebuild's catch-up, verify's
+                // temporary build) leaves a durable nobody reads again: the caller deletes
+                // it, and the server does too after this much inactivity if the caller died.
+                inactive_threshold: if opts.until_caught_up && !self.follow_live {
+                    TEMPORARY_CONSUMER_INACTIVITY
+                } else {
+                    Duration::ZERO
+                },
             },
             backoff: Backoff::default(),
             idle: Duration::from_millis(if opts.until_caught_up { 300 } else { 1000 }),

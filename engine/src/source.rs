@@ -29,6 +29,8 @@ fn nats_err(stream: &str, what: &str) -> impl Fn(String) -> WriteError {
 pub struct ConsumerSettings {
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
+    /// The server deletes the durable after this long without a pull (zero: never).
+    pub inactive_threshold: Duration,
 }
 
 /// Returns the durable, positioned so that its next message is `checkpoint + 1`.
@@ -58,6 +60,7 @@ pub async fn position(
         // would skip them in silence.
         max_deliver: -1,
         max_ack_pending: settings.max_ack_pending,
+        inactive_threshold: settings.inactive_threshold,
         description: Some("projector durable; positioned from the Neo4j checkpoint".into()),
         ..Default::default()
     };
@@ -72,7 +75,10 @@ pub async fn position(
             && matches!(info.config.deliver_policy, DeliverPolicy::ByStartSequence { start_sequence } if start_sequence == next);
         let caught_at_checkpoint =
             delivered == checkpoint && info.num_ack_pending == 0 && delivered > 0;
-        if fresh_at_next || caught_at_checkpoint {
+        // A durable made for a one-off pass (with an inactivity threshold) must not serve a
+        // long-running worker, nor the reverse: recreate it with the wanted setting.
+        let same_lifetime = info.config.inactive_threshold == settings.inactive_threshold;
+        if (fresh_at_next || caught_at_checkpoint) && same_lifetime {
             return Ok(existing);
         }
         tracing::warn!(
@@ -142,6 +148,66 @@ pub async fn exists(js: &jetstream::Context, stream: &str, seq: u64) -> Result<b
             K::NoMessageFound => Ok(false),
             K::JetStream(err) if err.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND => {
                 Ok(false)
+            }
+            _ => Err(nats_err(stream, "get message")(e.to_string())),
+        },
+    }
+}
+
+/// Deletes the durables of `generation` (every partition below `partitions`) on `streams`:
+/// a one-off pass into a fixed generation (a rebuild's catch-up, verify's temporary
+/// generation) is done with them. Missing ones are fine.
+pub async fn delete_generation_consumers(
+    js: &jetstream::Context,
+    projector: &str,
+    generation: &str,
+    streams: &[String],
+    partitions: u32,
+) -> Result<(), WriteError> {
+    for stream in streams {
+        let s = match js.get_stream(stream).await {
+            Ok(s) => s,
+            Err(e) => match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(err)
+                    if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    continue
+                }
+                _ => return Err(nats_err(stream, "get stream")(e.to_string())),
+            },
+        };
+        for p in 0..partitions.max(1) {
+            let name = consumer_name(projector, Some(generation), p);
+            match s.delete_consumer(&name).await {
+                Ok(_) => tracing::debug!(stream, consumer = %name, "deleted the one-off durable"),
+                Err(e) => match e.kind() {
+                    jetstream::stream::ConsumerErrorKind::JetStream(err)
+                        if err.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND => {}
+                    _ => return Err(nats_err(stream, "delete consumer")(e.to_string())),
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stream time (ns) of the message at `seq`, or `None` if it is not in the stream.
+pub async fn time_ns_at(
+    js: &jetstream::Context,
+    stream: &str,
+    seq: u64,
+) -> Result<Option<i64>, WriteError> {
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| nats_err(stream, "get stream")(e.to_string()))?;
+    use jetstream::stream::LastRawMessageErrorKind as K;
+    match s.get_raw_message(seq).await {
+        Ok(m) => Ok(Some(m.time.unix_timestamp_nanos() as i64)),
+        Err(e) => match e.kind() {
+            K::NoMessageFound => Ok(None),
+            K::JetStream(err) if err.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND => {
+                Ok(None)
             }
             _ => Err(nats_err(stream, "get message")(e.to_string())),
         },

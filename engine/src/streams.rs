@@ -162,11 +162,16 @@ pub fn diff(wanted: &stream::Config, found: &stream::Config) -> Vec<Drift> {
         wanted.max_bytes.to_string(),
         found.max_bytes.to_string(),
     );
-    check(
-        "duplicate_window",
-        human(wanted.duplicate_window),
-        human(found.duplicate_window),
-    );
+    // A mirror has no duplicate window of its own (it stores what its origin accepted):
+    // nats-server reports 0 for it after a restart whatever it was created with, so
+    // comparing it would report drift that no edit can fix.
+    if wanted.mirror.is_none() {
+        check(
+            "duplicate_window",
+            human(wanted.duplicate_window),
+            human(found.duplicate_window),
+        );
+    }
     check(
         "replicas",
         wanted.num_replicas.max(1).to_string(),
@@ -241,9 +246,14 @@ pub enum Ensured {
         first_seq: u64,
         last_seq: u64,
     },
+    /// A migration to file storage stopped half way (`NAME_MIGRATING` exists); nothing was
+    /// touched. The caller exits 2 and says to run `ensure --migrate`, which continues it.
+    MigrationInterrupted {
+        stage: &'static str,
+    },
 }
 
-async fn lookup(
+pub(crate) async fn lookup(
     js: &jetstream::Context,
     name: &str,
 ) -> Result<Option<stream::Stream>, StreamError> {
@@ -273,15 +283,32 @@ pub async fn ensure(
     let mut out = Vec::new();
     for spec in specs {
         let wanted = spec.config();
-        let outcome = match lookup(js, &spec.name).await? {
-            None => {
+        // A migration under way first: with NAME deleted, its copy may be the only data, and
+        // creating an empty NAME here would make publishers restart at sequence 1.
+        let stage = if spec.mirror_of.is_none() {
+            crate::migrate::stage(js, &spec.name).await?
+        } else {
+            None
+        };
+        let outcome = match (stage, lookup(js, &spec.name).await?) {
+            (Some(st), _) if st != crate::migrate::Stage::Start => {
+                if migrate {
+                    migrated(crate::migrate::run(js, spec).await?)
+                } else {
+                    tracing::warn!(stream = %spec.name, stage = st.describe(), "migration to file storage interrupted");
+                    Ensured::MigrationInterrupted {
+                        stage: st.describe(),
+                    }
+                }
+            }
+            (_, None) => {
                 js.create_stream(wanted)
                     .await
                     .map_err(|e| req(&spec.name)(e.to_string()))?;
                 tracing::info!(stream = %spec.name, "created stream (storage file)");
                 Ensured::Created
             }
-            Some(mut s) => {
+            (_, Some(mut s)) => {
                 let found = s
                     .info()
                     .await
@@ -292,7 +319,7 @@ pub async fn ensure(
                 if drift.is_empty() {
                     Ensured::UpToDate
                 } else if migrate && found.storage == StorageType::Memory {
-                    migrate_to_file(js, spec).await?
+                    migrated(crate::migrate::run(js, spec).await?)
                 } else {
                     for d in &drift {
                         tracing::warn!(stream = %spec.name, field = d.field, wanted = %d.wanted, found = %d.found, "stream config drift");
@@ -306,120 +333,12 @@ pub async fn ensure(
     Ok(out)
 }
 
-async fn state(js: &jetstream::Context, name: &str) -> Result<stream::Info, String> {
-    let mut s = js.get_stream(name).await.map_err(|e| e.to_string())?;
-    s.info().await.cloned().map_err(|e| e.to_string())
-}
-
-/// Waits until `mirror` holds exactly what `origin` holds (same last sequence and count).
-async fn wait_mirrored(
-    js: &jetstream::Context,
-    origin: &str,
-    mirror: &str,
-    step: &'static str,
-    stream: &str,
-) -> Result<stream::Info, StreamError> {
-    let fail = |message: String| StreamError::Migration {
-        stream: stream.to_string(),
-        step,
-        message,
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let o = state(js, origin).await.map_err(fail)?;
-        let m = state(js, mirror).await.map_err(fail)?;
-        if m.state.last_sequence == o.state.last_sequence && m.state.messages == o.state.messages {
-            return Ok(m);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(fail(format!(
-                "mirror {mirror} still behind after 300s: {} of {} messages, last seq {} of {}",
-                m.state.messages, o.state.messages, m.state.last_sequence, o.state.last_sequence
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+fn migrated((messages, first_seq, last_seq): (u64, u64, u64)) -> Ensured {
+    Ensured::Migrated {
+        messages,
+        first_seq,
+        last_seq,
     }
-}
-
-/// Memory -> file with sequence numbers kept: a mirror keeps sequences and timestamps, so
-/// stored checkpoints stay valid. Stream names cannot change, so it takes two hops:
-/// NAME (memory) -> NAME_MIGRATING (file mirror) -> NAME (file mirror, then promoted).
-/// Publishes to the stream's subjects fail (no responders) during the move instead of
-/// landing in a stream about to be deleted.
-pub async fn migrate_to_file(
-    js: &jetstream::Context,
-    spec: &StreamSpec,
-) -> Result<Ensured, StreamError> {
-    let name = spec.name.as_str();
-    let tmp = format!("{name}_MIGRATING");
-    let fail = |step: &'static str| {
-        move |message: String| StreamError::Migration {
-            stream: name.to_string(),
-            step,
-            message,
-        }
-    };
-    tracing::info!(
-        stream = name,
-        "migrating memory stream to file storage via {tmp}"
-    );
-    let mirror_of = |origin: &str, target: &str| stream::Config {
-        name: target.to_string(),
-        subjects: vec![],
-        mirror: Some(stream::Source {
-            name: origin.to_string(),
-            ..Default::default()
-        }),
-        ..spec.config()
-    };
-    if lookup(js, &tmp).await?.is_some() {
-        return Err(fail("prepare")(format!(
-            "{tmp} exists from an interrupted migration; inspect it and delete it, then run again"
-        )));
-    }
-    js.create_stream(mirror_of(name, &tmp))
-        .await
-        .map_err(|e| fail("create file mirror")(e.to_string()))?;
-    // Stop intake: move the old stream off its subjects so publishers get an error.
-    let mut old = state(js, name).await.map_err(fail("read origin"))?.config;
-    old.subjects = vec![format!("projector.migrating.{name}")];
-    js.update_stream(old)
-        .await
-        .map_err(|e| fail("stop intake")(e.to_string()))?;
-    wait_mirrored(js, name, &tmp, "first mirror", name).await?;
-    js.delete_stream(name)
-        .await
-        .map_err(|e| fail("delete memory stream")(e.to_string()))?;
-    // Detach the temporary copy from its (deleted) origin, or mirroring it back is a cycle.
-    js.update_stream(stream::Config {
-        name: tmp.clone(),
-        subjects: vec![format!("projector.migrating.{name}.copy")],
-        ..spec.config()
-    })
-    .await
-    .map_err(|e| fail("detach file copy")(e.to_string()))?;
-    js.create_stream(mirror_of(&tmp, name))
-        .await
-        .map_err(|e| fail("create final mirror")(e.to_string()))?;
-    let info = wait_mirrored(js, &tmp, name, "second mirror", name).await?;
-    js.update_stream(spec.config())
-        .await
-        .map_err(|e| fail("promote")(e.to_string()))?;
-    js.delete_stream(&tmp)
-        .await
-        .map_err(|e| fail("delete temporary mirror")(e.to_string()))?;
-    tracing::info!(
-        stream = name,
-        messages = info.state.messages,
-        first_seq = info.state.first_sequence,
-        last_seq = info.state.last_sequence,
-        "migrated to file storage"
-    );
-    Ok(Ensured::Migrated {
-        messages: info.state.messages,
-        first_seq: info.state.first_sequence,
-        last_seq: info.state.last_sequence,
-    })
 }
 
 /// A consumer of a stream, as `nats consumer ls` shows it.
@@ -541,6 +460,22 @@ mod tests {
         found.subjects = vec!["planning.story.>".into()];
         let fields: Vec<_> = diff(&wanted, &found).iter().map(|d| d.field).collect();
         assert_eq!(fields, vec!["subjects", "storage", "max_age"]);
+    }
+
+    #[test]
+    fn a_mirrors_duplicate_window_is_not_compared_a_live_streams_is() {
+        let cfg = Config::from_toml(DEFAULT_TOML, "t").unwrap();
+        let all = specs(&cfg);
+        let archive = all.iter().find(|s| s.mirror_of.is_some()).unwrap().config();
+        let mut found = archive.clone();
+        // What nats-server 2.15 reports for a mirror after a restart.
+        found.duplicate_window = Duration::ZERO;
+        assert!(diff(&archive, &found).is_empty());
+        let live = all[0].config();
+        let mut found = live.clone();
+        found.duplicate_window = Duration::ZERO;
+        let fields: Vec<_> = diff(&live, &found).iter().map(|d| d.field).collect();
+        assert_eq!(fields, vec!["duplicate_window"]);
     }
 
     #[test]

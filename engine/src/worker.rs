@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     pub on_error: OnError,
     pub on_gap: OnGap,
+    /// A checkpoint past the stream's end (the stream was recreated): read the stream from
+    /// its start instead of halting.
+    pub accept_stream_reset: bool,
     /// False during replays: side effects are suppressed.
     pub publish_outbound: bool,
     pub until_caught_up: bool,
@@ -116,6 +119,15 @@ pub enum WorkerError {
         from: u64,
         to: u64,
         first: u64,
+    },
+    #[error("{stream}: projector {projector}'s checkpoint is {checkpoint} but the stream holds sequences {first}..={last} ({why}): it was deleted and recreated, or restored from an older backup, and reading on would skip its messages up to {checkpoint}. Rebuild (`projector rebuild`), or restart with --accept-stream-reset to project the stream from its first sequence into this generation")]
+    StreamReset {
+        projector: String,
+        stream: String,
+        checkpoint: u64,
+        first: u64,
+        last: u64,
+        why: String,
     },
     #[error(
         "{stream} seq {seq} ({subject}): {error}; halting as --on-error halt says, nothing acked"
@@ -331,6 +343,37 @@ impl Worker {
                 }
             };
             self.stored = self.checkpoint;
+            if self.checkpoint > last {
+                self.stream_reset(first, last, None).await?;
+            } else if stored.is_some() && self.checkpoint >= first.max(1) {
+                // A recreated stream that already grew past the checkpoint: the message at
+                // the checkpoint is not the one committed (another stream time). A mirror
+                // migration keeps times, so it passes.
+                let (js, stream, graph) = (
+                    self.sh.js.clone(),
+                    self.cfg.stream.clone(),
+                    self.sh.graph.clone(),
+                );
+                let (ckpt, key) = (self.checkpoint, self.key.clone());
+                let recorded = self
+                    .retry("read checkpoint time", &[], || {
+                        graph.checkpoint_ts(&gen, &key)
+                    })
+                    .await
+                    .map_err(|e| fatal(&self.cfg.stream, e))?;
+                if let Some(recorded) = recorded {
+                    let found = self
+                        .retry("read the message at the checkpoint", &[], || {
+                            source::time_ns_at(&js, &stream, ckpt)
+                        })
+                        .await
+                        .map_err(|e| fatal(&self.cfg.stream, e))?;
+                    if found.is_some_and(|t| t != recorded) {
+                        self.stream_reset(first, last, found.map(|f| (recorded, f)))
+                            .await?;
+                    }
+                }
+            }
             tracing::info!(worker = %self.name, generation = %gen, checkpoint = self.checkpoint, stream_last = last, "starting from stored checkpoint");
             self.repair_cache(checkpoint_read)
                 .await
@@ -875,6 +918,12 @@ impl Worker {
             fence_live: self.cfg.follow_live,
             expected: self.stored,
             seq: last,
+            // The batch ends at `last`; 0 (unknown) only if it somehow does not.
+            ts_ns: items
+                .iter()
+                .rev()
+                .find(|i| i.seq == last)
+                .map_or(0, |i| i.ts_ns),
         };
         let gen = self.cfg.generation.clone();
         let graph = self.sh.graph.clone();
@@ -1107,15 +1156,26 @@ impl Worker {
         }
         tracing::error!(worker = %self.name, from, to, "lost range detected and recorded; continuing after it as --on-gap continue says");
         // Move both checkpoints past the hole, or the next start would find it again.
+        self.move_checkpoint("move checkpoint past the hole", to)
+            .await
+    }
+
+    /// Moves both checkpoints (Neo4j, then Valkey) to `to` with nothing else written.
+    async fn move_checkpoint(&mut self, what: &str, to: u64) -> Result<(), WorkerError> {
+        let graph = self.sh.graph.clone();
+        let gen = self.cfg.generation.clone();
+        let key = self.key.clone();
         let mv = CheckpointMove {
             key: self.key.clone(),
             fence_live: self.cfg.follow_live,
             expected: self.stored,
             seq: to,
+            // Nothing was read at `to` (a hole, a reset stream): no time to compare later.
+            ts_ns: 0,
         };
         let (cache, prefix) = (self.sh.cache.clone(), self.cfg.cache_prefix.clone());
         let empty = CompactBatch::default();
-        self.retry("move checkpoint past the hole", &[], || {
+        self.retry(what, &[], || {
             let (graph, cache, gen, prefix, key, mv) = (
                 graph.clone(),
                 cache.clone(),
@@ -1138,6 +1198,51 @@ impl Worker {
         self.checkpoint = to;
         self.stored = to;
         Ok(())
+    }
+
+    /// The stored checkpoint is past the stream's last sequence: the stream was deleted and
+    /// recreated, or restored from an older backup. Reading from checkpoint + 1 would skip
+    /// the new stream's messages up to the old checkpoint in silence, so halt, unless the
+    /// operator accepted it (`--accept-stream-reset`): then read the stream from its start.
+    /// `times`: (recorded, found) stream times of the message at the checkpoint, when the
+    /// stream is long enough but holds another message there.
+    async fn stream_reset(
+        &mut self,
+        first: u64,
+        last: u64,
+        times: Option<(i64, i64)>,
+    ) -> Result<(), WorkerError> {
+        let checkpoint = self.checkpoint;
+        self.sh
+            .metrics
+            .stream_resets
+            .with_label_values(&self.labels())
+            .inc();
+        if self.cfg.accept_stream_reset {
+            let to = first.saturating_sub(1);
+            tracing::warn!(worker = %self.name, checkpoint, stream_first = first, stream_last = last, "stream reset accepted (--accept-stream-reset): reading the stream from its first sequence");
+            self.move_checkpoint("move checkpoint to the reset stream's start", to)
+                .await?;
+            return Ok(());
+        }
+        let err = WorkerError::StreamReset {
+            projector: self.cfg.projector.clone(),
+            stream: self.cfg.stream.clone(),
+            checkpoint,
+            first,
+            last,
+            why: match times {
+                None => "past the stream's last sequence".into(),
+                Some((recorded, found)) => format!(
+                    "at a message of another time (stream time {found} ns, {recorded} ns when committed)"
+                ),
+            },
+        };
+        tracing::error!(worker = %self.name, checkpoint, stream_first = first, stream_last = last, "stream reset: checkpoint past the stream's last sequence; halting");
+        self.sh
+            .health
+            .update(&self.name, |h| h.halted = Some(err.to_string()));
+        Err(err)
     }
 
     /// Brings the Valkey side up to the Neo4j checkpoint after a crash between the two.

@@ -280,6 +280,8 @@ pub async fn replay_stream(
         let mut batch = CompactBatch::default();
         let mut stories = BTreeSet::new();
         let mut last = report.last;
+        // Stream time of the message at `last` (0: none read in this batch).
+        let mut last_ts = 0i64;
         let mut n = 0;
         while n < req.batch_size {
             let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
@@ -320,6 +322,7 @@ pub async fn replay_stream(
                 }
             }
             last = seq;
+            last_ts = ts;
             n += 1;
             if seq >= part_end {
                 match parts.next() {
@@ -343,6 +346,7 @@ pub async fn replay_stream(
                 fence_live: false,
                 expected: expected_progress,
                 seq: last,
+                ts_ns: last_ts,
             };
             commit_with_retry(t, &batch, &mv).await?;
             expected_progress = last;

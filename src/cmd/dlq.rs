@@ -12,6 +12,13 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
     let live = engine::generations::live(&graph).await?;
     let target_gen =
         |t: &crate::cli::DlqTarget| t.generation.clone().unwrap_or_else(|| live.clone());
+    let target = match &cmd {
+        DlqCommand::List { target, .. }
+        | DlqCommand::Show { target, .. }
+        | DlqCommand::Retry { target, .. }
+        | DlqCommand::Discard { target, .. } => target,
+    };
+    super::known_generation(&graph, target.generation.as_deref()).await?;
     match cmd {
         DlqCommand::List { target, json } => {
             let generation = target_gen(&target);
@@ -50,8 +57,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             let generation = target_gen(&target);
             let parked = graph.parked(&generation, Some(&target.projector)).await?;
             let Some(p) = parked.into_iter().find(|p| p.id == id) else {
-                eprintln!("error: no parked event {id} for projector {} in generation {} (see `projector dlq list`)", target.projector, generation);
-                return Ok(ExitCode::from(1));
+                return Err(CliError::Usage(format!("no parked event {id} for projector {} in generation {generation} (see `projector dlq list`)", target.projector)));
             };
             let client = engine::nats::connect(&cfg.nats).await?;
             let js = async_nats::jetstream::new(client);
@@ -76,7 +82,10 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             let sel = match (all, story, ids.is_empty()) {
                 (true, _, true) => Selection::All,
                 (false, Some(s), true) => Selection::Story(s),
-                (false, None, false) => Selection::Ids(ids),
+                (false, None, false) => {
+                    unknown_ids(&graph, &generation, &target.projector, &ids).await?;
+                    Selection::Ids(ids)
+                }
                 _ => {
                     return Err(CliError::Usage(
                         "give parked event ids, or --story S, or --all".into(),
@@ -123,6 +132,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
         }
         DlqCommand::Discard { ids, target, json } => {
             let generation = target_gen(&target);
+            unknown_ids(&graph, &generation, &target.projector, &ids).await?;
             let n = graph.discard_parked(&generation, &ids).await?;
             if json {
                 println!(
@@ -229,4 +239,27 @@ fn show(
         ),
         (None, None, None) => println!("(no payload)"),
     }
+}
+
+/// Refuses ids that are not parked (exit 2, naming them): a typo must not pass for
+/// "re-projected 0 events".
+async fn unknown_ids(
+    graph: &GraphSink,
+    generation: &str,
+    projector: &str,
+    ids: &[String],
+) -> Result<(), CliError> {
+    let parked = graph.parked(generation, Some(projector)).await?;
+    let unknown: Vec<&str> = ids
+        .iter()
+        .filter(|id| !parked.iter().any(|p| &p.id == *id))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "no parked event {} for projector {projector} in generation {generation} (see `projector dlq list`)",
+        unknown.join(", ")
+    )))
 }

@@ -40,10 +40,44 @@ impl CliError {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Connect(engine::nats::ConnectError::BadUrl { .. }) => 2,
-            CliError::Run(engine::runner::RunError::UnknownProjector(..)) => 2,
+            CliError::Run(e) if e.needs_operator() => 2,
             CliError::Replay(e) if e.is_bad_input() => 2,
             _ => 1,
         }
+    }
+}
+
+/// Refuses a `--generation` that names no generation (exit 2): a typo must not read as an
+/// empty graph or write into a generation nobody sees. `None` (the live one) always passes.
+pub(crate) async fn known_generation(
+    graph: &engine::sink::graph::GraphSink,
+    name: Option<&str>,
+) -> Result<(), CliError> {
+    match name {
+        Some(g) if !engine::generations::exists(graph, g).await? => Err(CliError::Usage(format!(
+            "no such generation {g:?}; `projector generations list` shows the generations"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Commands that need Neo4j and end by themselves: they fail after `[neo4j]
+/// connect_timeout` when it does not answer. The daemon (`run` without --until-caught-up)
+/// retries instead; `streams status` bounds its Neo4j part itself (its streams part stands).
+fn one_shot_on_neo4j(c: &Command) -> bool {
+    match c {
+        Command::Run(a) => a.until_caught_up,
+        Command::Streams(_)
+        | Command::Bench(_)
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Config(_) => false,
+        Command::Verify(_)
+        | Command::Dlq(_)
+        | Command::Replay(_)
+        | Command::Query(_)
+        | Command::Rebuild(_)
+        | Command::Generations(_) => true,
     }
 }
 
@@ -57,6 +91,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         other => other,
     };
     let cfg = engine::config::Config::load(path)?;
+    if one_shot_on_neo4j(&command) {
+        let graph = engine::sink::graph::GraphSink::for_config(&cfg)?;
+        engine::sink::ready::wait_ready(&graph, cfg.neo4j.connect_timeout).await?;
+    }
     match command {
         Command::Streams(c) => streams::run(&cfg, c).await,
         Command::Run(a) => run::run(&cfg, a).await,

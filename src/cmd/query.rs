@@ -32,6 +32,7 @@ async fn connect(cfg: &Config, target: &ViewTarget) -> Result<(GraphSink, String
     let live = engine::generations::live(&graph)
         .await
         .map_err(unreachable)?;
+    super::known_generation(&graph, target.generation.as_deref()).await?;
     let gen = target.generation.clone().unwrap_or_else(|| live.clone());
     let is_live = gen == live;
     Ok((graph, gen, is_live))

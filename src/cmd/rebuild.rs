@@ -85,7 +85,7 @@ pub async fn build_generation(
     );
     if as_of.is_none() {
         // Events that arrived during the replay: the same workers as `run`, into `name`.
-        runner::run(
+        let caught_up = runner::run(
             cfg,
             RunOptions {
                 projectors: vec![projector.to_string()],
@@ -93,6 +93,7 @@ pub async fn build_generation(
                 batch_size: batch_size.min(1000),
                 on_error: OnError::Park,
                 on_gap: OnGap::Halt,
+                accept_stream_reset: false,
                 until_caught_up: true,
                 metrics_addr: None,
                 shutdown_timeout: Duration::from_secs(30),
@@ -102,12 +103,63 @@ pub async fn build_generation(
             },
             None,
         )
-        .await?;
+        .await;
+        // The catch-up durables are one-off: gone on every path, or the server keeps them
+        // (with whatever was pending) until their inactivity threshold.
+        let cleanup = engine::source::delete_generation_consumers(
+            &js,
+            projector,
+            name,
+            &p.streams,
+            cfg.partitions.count,
+        )
+        .await;
+        caught_up?;
+        cleanup?;
     }
     Ok(p.streams
         .iter()
         .map(|s| CheckpointKey::new(projector, s, 0))
         .collect())
+}
+
+/// A rebuild creates its generation: an existing name is refused (building into it would
+/// merge with its leftovers) unless `replace` drops it first, or an interrupted build of it
+/// is resumed. Then the name is marked `building` until the build completes.
+async fn prepare_name(
+    cfg: &Config,
+    graph: &GraphSink,
+    name: &str,
+    replace: bool,
+) -> Result<(), CliError> {
+    if generations::exists(graph, name).await? {
+        let state = generations::state(graph, name).await?;
+        if replace {
+            let cache = CacheSink::connect(&cfg.valkey).await?;
+            let n = generations::drop_generation(graph, &cache, name)
+                .await
+                .map_err(|e| match e {
+                    engine::error::WriteError::Neo4jRefused { code, message }
+                        if code == "projector.LiveGeneration" =>
+                    {
+                        CliError::Usage(message)
+                    }
+                    e => e.into(),
+                })?;
+            println!("replacing generation {name}: dropped its {n} nodes");
+        } else if state.as_deref() == Some("building") {
+            tracing::info!(
+                generation = name,
+                "resuming the interrupted build of this generation"
+            );
+        } else {
+            return Err(CliError::Usage(format!(
+                "generation {name} exists already; building into it would mix in what it holds. Pick another --name, or pass --replace to drop it and build it anew"
+            )));
+        }
+    }
+    generations::mark(graph, name, Some("building")).await?;
+    Ok(())
 }
 
 pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
@@ -132,7 +184,20 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
             "generation {name} is the live one; pick another --name"
         )));
     }
-    let keys = build_generation(cfg, &a.projector, &name, as_of, a.batch_size as usize).await?;
+    prepare_name(cfg, &graph, &name, a.replace).await?;
+    let keys = match build_generation(cfg, &a.projector, &name, as_of, a.batch_size as usize).await
+    {
+        Ok(k) => k,
+        Err(e) => {
+            // A refusal (a range the streams cannot serve) wrote nothing: no generation is
+            // left behind either. A build that wrote stays `building`, to be resumed.
+            if let Err(u) = generations::unmark_if_empty(&graph, &name).await {
+                tracing::error!(generation = %name, error = %u, "could not remove the empty generation's marker");
+            }
+            return Err(e);
+        }
+    };
+    generations::mark(&graph, &name, Some("built")).await?;
     if as_of.is_some() {
         if a.json {
             println!(
@@ -224,37 +289,69 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
 
 pub async fn generations(cfg: &Config, c: GenerationsCommand) -> Result<ExitCode, CliError> {
     let graph = GraphSink::for_config(cfg)?;
-    let live = generations::live(&graph).await?;
     match c {
         GenerationsCommand::List { json } => {
             let list = generations::list(&graph).await?;
             if json {
-                let v: Vec<_> = list
+                let own = generations::live(&graph).await?;
+                // `live`: this config's live generation; `live_for`: every pointer's.
+                let v: Vec<serde_json::Value> = list
                     .iter()
-                    .map(|(g, n)| serde_json::json!({"generation": g, "stories": n, "live": *g == live}))
+                    .map(|g| {
+                        let mut v = serde_json::to_value(g).expect("serializable");
+                        v["live"] = (g.generation == own).into();
+                        v
+                    })
                     .collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).expect("serializable")
                 );
             } else {
-                let mut rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|(g, n)| vec![g.clone(), n.to_string(), yes(*g == live)])
-                    .collect();
-                if !list.iter().any(|(g, _)| *g == live) {
-                    rows.push(vec![live.clone(), "0".into(), "yes (empty)".into()]);
-                }
+                let rows = list.iter().map(|g| {
+                    vec![
+                        g.generation.clone(),
+                        g.nodes.to_string(),
+                        g.stories.to_string(),
+                        g.created_ms
+                            .map(crate::fmt::timestamp_ms)
+                            .unwrap_or_else(|| crate::fmt::UNKNOWN.into()),
+                        crate::fmt::or_unknown(g.state.as_deref()).into(),
+                        g.live_for.join(", "),
+                    ]
+                });
                 print!(
                     "{}",
-                    crate::fmt::table(&["GENERATION", "STORIES", "LIVE"], rows)
+                    crate::fmt::table(
+                        &[
+                            "GENERATION",
+                            "NODES",
+                            "STORIES",
+                            "CREATED",
+                            "STATE",
+                            "LIVE FOR"
+                        ],
+                        rows
+                    )
                 );
             }
         }
-        GenerationsCommand::Drop { name, json } => {
-            if name == live {
+        GenerationsCommand::Drop { name, yes, json } => {
+            let list = generations::list(&graph).await?;
+            let Some(info) = list.iter().find(|g| g.generation == name) else {
                 return Err(CliError::Usage(format!(
-                    "generation {name} is live; promote another one first (projector rebuild)"
+                    "no such generation {name:?}; `projector generations list` shows the generations"
+                )));
+            };
+            if !info.live_for.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "generation {name} is live (pointer {}); promote another one first (projector rebuild)",
+                    info.live_for.join(", ")
+                )));
+            }
+            if !yes && !confirm(&format!("drop generation {name} ({} nodes)?", info.nodes))? {
+                return Err(CliError::Usage(format!(
+                    "not dropped: confirm on a terminal, or pass --yes to drop {name}"
                 )));
             }
             let cache = CacheSink::connect(&cfg.valkey).await?;
@@ -269,6 +366,20 @@ pub async fn generations(cfg: &Config, c: GenerationsCommand) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn yes(b: bool) -> String {
-    if b { "yes" } else { "" }.into()
+/// Asks on the terminal; false without a terminal (a script must say --yes).
+fn confirm(question: &str) -> Result<bool, CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr()
+        .flush()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Failed(format!("reading the answer: {e}")))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }

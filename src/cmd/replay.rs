@@ -41,6 +41,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
     let graph = GraphSink::for_config(cfg)?;
     let cache = CacheSink::connect(&cfg.valkey).await?;
     let live_gen = engine::generations::live(&graph).await?;
+    super::known_generation(&graph, a.generation.as_deref()).await?;
     let generation = a.generation.clone().unwrap_or_else(|| live_gen.clone());
     let cache_prefix = cache.gen_prefix(&generation, generation == live_gen);
     let target = ReplayTarget {

@@ -29,6 +29,7 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
             OnGapArg::Halt => OnGap::Halt,
             OnGapArg::Continue => OnGap::Continue,
         },
+        accept_stream_reset: a.accept_stream_reset,
         until_caught_up: a.until_caught_up,
         metrics_addr,
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),

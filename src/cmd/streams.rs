@@ -26,9 +26,15 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                     );
                 }
             }
-            let drifted = report
-                .iter()
-                .any(|(_, o)| matches!(o, Ensured::Drifted { .. }));
+            let drifted = report.iter().any(|(_, o)| {
+                matches!(
+                    o,
+                    Ensured::Drifted { .. } | Ensured::MigrationInterrupted { .. }
+                )
+            });
+            let retention = report.iter().any(|(_, o)| {
+                matches!(o, Ensured::Drifted { drift } if drift.iter().any(|d| d.field == "retention"))
+            });
             if args.json {
                 let obj: serde_json::Map<String, serde_json::Value> = report
                     .iter()
@@ -43,6 +49,9 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                         Ensured::Migrated { messages, first_seq, last_seq } => println!(
                             "{name}: migrated to file storage ({messages} messages, sequences {first_seq}..{last_seq} kept)"
                         ),
+                        Ensured::MigrationInterrupted { stage } => println!(
+                            "{name}: MIGRATION INTERRUPTED ({stage}); `projector streams ensure --migrate` finishes it. Do not delete {name}_MIGRATING: it may hold the only copy"
+                        ),
                         Ensured::Drifted { drift } => {
                             println!("{name}: DRIFT");
                             for d in drift {
@@ -50,6 +59,9 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                             }
                         }
                     }
+                }
+                if retention {
+                    eprintln!("error: a stream with work-queue or interest retention loses a message once any consumer acks it, so projector must not read it; project a file mirror of it with limits retention instead (docs/operations.md, \"Work-queue streams\")");
                 }
                 if drifted {
                     eprintln!("error: stream config differs from the config file (see above); memory storage can be fixed with `projector streams ensure --migrate`, other fields with `nats stream edit` or by changing the config");
@@ -62,12 +74,23 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
             })
         }
         StreamsCommand::Status(args) => {
+            if args.generation.is_some() {
+                let g = engine::sink::graph::GraphSink::for_config(cfg)?;
+                // Unreachable: the checkpoints part below says so (unknown, exit 1).
+                if engine::sink::ready::wait_ready(&g, cfg.neo4j.connect_timeout)
+                    .await
+                    .is_ok()
+                {
+                    super::known_generation(&g, args.generation.as_deref()).await?;
+                }
+            }
             let st = streams::status(&js, &specs).await?;
             let progress = projector_progress(cfg, &js, args.generation.as_deref(), &st).await;
             if args.json {
+                // Unknown is null, not empty: an empty list would say "nothing was lost".
                 let (projectors, lost, neo4j_error) = match &progress {
-                    Ok((p, l, _)) => (p.clone(), l.clone(), None),
-                    Err(e) => (vec![], vec![], Some(e.to_string())),
+                    Ok((p, l, _)) => (Some(p.clone()), Some(l.clone()), None),
+                    Err(e) => (None, None, Some(e.to_string())),
                 };
                 let v = serde_json::json!({
                     "streams": st,
@@ -80,7 +103,7 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                     "{}",
                     serde_json::to_string_pretty(&v).expect("serializable")
                 );
-                return Ok(ExitCode::SUCCESS);
+                return Ok(status_exit(&progress));
             }
             println!(
                 "{:<22} {:<8} {:>10} {:>12} {:>10} {:>10}",
@@ -139,6 +162,15 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                                 .unwrap_or_else(|| "none".into()),
                             p["lag"].to_string()
                         );
+                        if p["stream_reset"].as_bool() == Some(true) {
+                            println!(
+                                "  STREAM RESET {} {}: checkpoint {} is past the stream's last sequence {} (deleted and recreated?); the worker halts. Rebuild, or run with --accept-stream-reset",
+                                p["projector"].as_str().unwrap_or(""),
+                                p["stream"].as_str().unwrap_or(""),
+                                p["checkpoint"],
+                                p["stream_last"]
+                            );
+                        }
                     }
                     if lost.is_empty() {
                         println!("  no lost ranges");
@@ -160,7 +192,19 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 }
                 Err(e) => println!("\ncheckpoints and lost ranges unknown: {e}"),
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(status_exit(&progress))
+        }
+    }
+}
+
+/// Status exits 1 when it could not read the checkpoints: a monitor must not take
+/// "unknown" for "nothing lost". Everything else it shows is information, exit 0.
+fn status_exit(progress: &Result<Progress, engine::error::WriteError>) -> ExitCode {
+    match progress {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: checkpoints and lost ranges are unknown: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -177,6 +221,7 @@ async fn projector_progress(
 ) -> Result<Progress, engine::error::WriteError> {
     use engine::sink::graph::{CheckpointKey, GraphSink};
     let g = GraphSink::for_config(cfg)?;
+    engine::sink::ready::wait_ready(&g, cfg.neo4j.connect_timeout).await?;
     let generation = match generation {
         Some(x) => x.to_string(),
         None => engine::generations::live(&g).await?,
@@ -197,11 +242,8 @@ async fn projector_progress(
             None => Default::default(),
         };
         for s in &p.streams {
-            let last = st
-                .iter()
-                .find(|x| &x.name == s)
-                .map(|x| x.last_seq)
-                .unwrap_or(0);
+            let found = st.iter().find(|x| &x.name == s && x.exists);
+            let last = found.map(|x| x.last_seq).unwrap_or(0);
             for part in 0..cfg.partitions.count {
                 let ckpt = g
                     .checkpoint(generation, &CheckpointKey::new(&p.name, s, part))
@@ -210,6 +252,9 @@ async fn projector_progress(
                     "projector": p.name, "stream": s, "partition": part,
                     "holder": holders.get(&part),
                     "checkpoint": ckpt, "lag": last.saturating_sub(ckpt.unwrap_or(0)),
+                    "stream_last": last,
+                    // The worker halts on this (WorkerError::StreamReset).
+                    "stream_reset": found.is_some() && ckpt.is_some_and(|c| c > last),
                 }));
             }
         }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
     let sink = GraphSink::for_config(cfg)?;
+    super::known_generation(&sink, a.generation.as_deref()).await?;
     let gen = match a.generation {
         Some(g) => g,
         None => engine::generations::live(&sink).await?,
@@ -39,34 +40,33 @@ pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let tmp = format!("verify-{}-{nanos}", std::process::id());
-    let mut diffs = Vec::new();
-    for p in &cfg.projectors {
-        super::rebuild::build_generation(cfg, &p.name, &tmp, None, 2000).await?;
+    // SIGINT/SIGTERM stop the build gracefully (it listens too); this flag only tells the
+    // end that the comparison did not finish.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            engine::runner::shutdown_signal().await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let result = compare_with_rebuild(cfg, &sink, &gen, &d.hash, &tmp).await;
+    // The temporary generation and its durables go on every path: success, error, signal.
+    let cleanup = drop_temporary(cfg, &sink, &tmp).await;
+    watcher.abort();
+    if let Err(e) = &cleanup {
+        eprintln!("error: could not drop the temporary generation {tmp}: {e}; drop it with `projector generations drop {tmp} --yes`");
     }
-    let fresh = replay::hash::graph_digest(&sink, &tmp).await?;
-    if fresh.hash != d.hash {
-        let a_labels = replay::hash::label_digests(&sink, &gen).await?;
-        let b_labels = replay::hash::label_digests(&sink, &tmp).await?;
-        for (label, (n, h)) in &b_labels {
-            match a_labels.get(label) {
-                Some((_, g)) if g == h => {}
-                Some((m, _)) => diffs.push(format!(
-                    "{label}: {m} nodes in {gen}, {n} in the rebuild, contents differ"
-                )),
-                None => diffs.push(format!("{label}: none in {gen}, {n} in the rebuild")),
-            }
-        }
-        for (label, (m, _)) in &a_labels {
-            if !b_labels.contains_key(label) {
-                diffs.push(format!("{label}: {m} nodes in {gen}, none in the rebuild"));
-            }
-        }
-        if diffs.is_empty() {
-            diffs.push("relationships differ".into());
-        }
+    // Interrupted first: the build's own "run the same command to resume" is not meant
+    // for verify, whose temporary generation is gone.
+    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        cleanup?;
+        return Err(CliError::Failed(format!(
+            "interrupted; the temporary generation {tmp} was dropped"
+        )));
     }
-    let cache = CacheSink::connect(&cfg.valkey).await?;
-    engine::generations::drop_generation(&sink, &cache, &tmp).await?;
+    let (fresh, diffs) = result?;
+    cleanup?;
     let same = fresh.hash == d.hash;
     if a.json {
         println!(
@@ -93,4 +93,59 @@ pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn compare_with_rebuild(
+    cfg: &Config,
+    sink: &GraphSink,
+    gen: &str,
+    hash: &str,
+    tmp: &str,
+) -> Result<(replay::hash::GraphDigest, Vec<String>), CliError> {
+    let mut diffs = Vec::new();
+    for p in &cfg.projectors {
+        super::rebuild::build_generation(cfg, &p.name, tmp, None, 2000).await?;
+    }
+    let fresh = replay::hash::graph_digest(sink, tmp).await?;
+    if fresh.hash != hash {
+        let a_labels = replay::hash::label_digests(sink, gen).await?;
+        let b_labels = replay::hash::label_digests(sink, tmp).await?;
+        for (label, (n, h)) in &b_labels {
+            match a_labels.get(label) {
+                Some((_, g)) if g == h => {}
+                Some((m, _)) => diffs.push(format!(
+                    "{label}: {m} nodes in {gen}, {n} in the rebuild, contents differ"
+                )),
+                None => diffs.push(format!("{label}: none in {gen}, {n} in the rebuild")),
+            }
+        }
+        for (label, (m, _)) in &a_labels {
+            if !b_labels.contains_key(label) {
+                diffs.push(format!("{label}: {m} nodes in {gen}, none in the rebuild"));
+            }
+        }
+        if diffs.is_empty() {
+            diffs.push("relationships differ".into());
+        }
+    }
+    Ok((fresh, diffs))
+}
+
+/// Drops verify's temporary generation and any durable made for it.
+async fn drop_temporary(cfg: &Config, sink: &GraphSink, tmp: &str) -> Result<(), CliError> {
+    let client = engine::nats::connect(&cfg.nats).await?;
+    let js = async_nats::jetstream::new(client);
+    for p in &cfg.projectors {
+        engine::source::delete_generation_consumers(
+            &js,
+            &p.name,
+            tmp,
+            &p.streams,
+            cfg.partitions.count,
+        )
+        .await?;
+    }
+    let cache = CacheSink::connect(&cfg.valkey).await?;
+    engine::generations::drop_generation(sink, &cache, tmp).await?;
+    Ok(())
 }

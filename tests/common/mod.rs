@@ -117,6 +117,54 @@ impl TestConfig {
     }
 }
 
+/// The drop guard: a test's streams (its tag's `T<hex>_*` names, the lease bucket's
+/// `KV_T<hex>_*`, a migration's `_MIGRATING`) and with them their consumers are deleted when
+/// its `TestConfig` goes, whether the test passed or panicked. `dev/check-nats-leftovers`
+/// checks after `dev/test` that nothing was left.
+impl Drop for TestConfig {
+    fn drop(&mut self) {
+        let nats_cfg = self.cfg.nats.clone();
+        let prefixes = [format!("{}_", self.upper), format!("KV_{}_", self.upper)];
+        // Its own thread and runtime: Drop is synchronous and may run inside a runtime.
+        let done = std::thread::spawn(move || -> Result<usize, String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                use futures::TryStreamExt;
+                let client = engine::nats::connect(&nats_cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let js = async_nats::jetstream::new(client);
+                let names: Vec<String> = js
+                    .stream_names()
+                    .try_collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut n = 0;
+                for name in names
+                    .iter()
+                    .filter(|s| prefixes.iter().any(|p| s.starts_with(p.as_str())))
+                {
+                    js.delete_stream(name)
+                        .await
+                        .map_err(|e| format!("delete {name}: {e}"))?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .join();
+        // Never a panic in drop (it would abort a test that is already unwinding); say it.
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("test cleanup of {}: {e}", self.tag),
+            Err(_) => eprintln!("test cleanup of {} panicked", self.tag),
+        }
+    }
+}
+
 pub fn projector_with(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_projector"))
         .arg("--config")

@@ -169,10 +169,13 @@ pub const CHECKPOINT_ADVANCE: &str = "MERGE (c:Checkpoint {gen: $gen, id: $id}) 
      ON CREATE SET c.projector = $projector, c.stream = $stream, c.partition = $partition, c.seq = 0 \
      SET c._lock = true \
      WITH c WHERE c.seq = $expected \
-     SET c.seq = $seq REMOVE c._lock \
+     SET c.seq = $seq, c.ts_ns = CASE WHEN $ts_ns = 0 THEN null ELSE $ts_ns END REMOVE c._lock \
      RETURN c.seq AS seq";
 
 pub const CHECKPOINT_READ: &str = "MATCH (c:Checkpoint {gen: $gen, id: $id}) RETURN c.seq AS seq";
+
+/// The stream time of the message a checkpoint is at (null when unknown).
+pub const CHECKPOINT_TS: &str = "MATCH (c:Checkpoint {gen: $gen, id: $id}) RETURN c.ts_ns AS ts_ns";
 
 /// Parked events: the operator's view of the dead letters, and the per-story block list.
 pub const PARK: &str = "UNWIND $rows AS row \

@@ -187,6 +187,9 @@ pub struct CheckpointMove {
     /// Where the writer read it (0 when there was none).
     pub expected: u64,
     pub seq: u64,
+    /// Stream time (ns) of the message at `seq`, 0 when unknown: a later start compares
+    /// it with the stream's message at `seq` to notice a stream that was recreated.
+    pub ts_ns: i64,
 }
 
 impl GraphSink {
@@ -307,6 +310,28 @@ impl GraphSink {
             .map_err(self.err())?;
         match rows.next().await.map_err(self.err())? {
             Some(row) => Ok(Some(field::<i64>(&row, "seq")? as u64)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stream time (ns) recorded with a checkpoint, if any.
+    pub async fn checkpoint_ts(
+        &self,
+        gen: &str,
+        key: &CheckpointKey,
+    ) -> Result<Option<i64>, WriteError> {
+        let mut rows = self
+            .graph
+            .execute(
+                query(cypher::CHECKPOINT_TS)
+                    .param("gen", gen)
+                    .param("id", key.id()),
+            )
+            .await
+            .map_err(self.err())?;
+        match rows.next().await.map_err(self.err())? {
+            // Null (never recorded) reads as an error from `get`: unknown, nothing to check.
+            Some(row) => Ok(row.get::<i64>("ts_ns").ok()),
             None => Ok(None),
         }
     }
@@ -519,7 +544,8 @@ impl GraphSink {
                     .param("stream", ckpt.key.stream.as_str())
                     .param("partition", ckpt.key.partition as i64)
                     .param("expected", ckpt.expected as i64)
-                    .param("seq", ckpt.seq as i64),
+                    .param("seq", ckpt.seq as i64)
+                    .param("ts_ns", ckpt.ts_ns),
             )
             .await
             .map_err(self.err())?;

@@ -3,3 +3,4 @@
 pub mod cache;
 pub mod cypher;
 pub mod graph;
+pub mod ready;
