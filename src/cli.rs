@@ -206,8 +206,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub until_caught_up: bool,
     /// Where to serve /metrics, /healthz and /readyz ("off" to disable).
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    pub metrics_addr: String,
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
     /// Write this generation instead of the live one (the default follows the live
     /// generation, including promotions by `projector rebuild`).
     #[arg(long)]
@@ -282,6 +282,20 @@ pub struct CeilingArgs {
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     engine::config::parse_duration(s)
+}
+
+/// `--metrics-addr`: an address to listen on, or none ("off").
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    match s {
+        "off" => Ok(MetricsAddr(None)),
+        s => s
+            .parse()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464 (or \"off\")")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -294,7 +294,7 @@ async fn every_reporting_command_speaks_json() {
     assert!(gens.starts_with("GENERATION"), "{gens}");
     let other = format!("{}-other", t.tag);
     t.run_until_caught_up(&other);
-    let dropped = json(&t.projector(&["generations", "drop", &other, "--json"]));
+    let dropped = json(&t.projector(&["generations", "drop", &other, "--yes", "--json"]));
     assert_eq!(dropped["dropped"], other.as_str());
     assert!(dropped["nodes"].as_u64().unwrap() > 0, "{dropped}");
 }

@@ -60,9 +60,13 @@ fn bad_flag_values_are_refused_at_parse_time() {
         &["projector", "query", "tasks", "--limit", "999999"],
         &["projector", "query", "decisions", "--offset", "-1"],
         &["projector", "query", "decisions", "--since", "yesterday"],
+        &["projector", "run", "--metrics-addr", "localhost"],
+        &["projector", "run", "--metrics-addr", ""],
     ] {
         let e = Cli::try_parse_from(args).unwrap_err();
         assert_eq!(e.exit_code(), 2, "{args:?}");
     }
     assert!(Cli::try_parse_from(["projector", "query", "tasks", "--limit", "10000"]).is_ok());
+    assert!(Cli::try_parse_from(["projector", "run", "--metrics-addr", "off"]).is_ok());
+    assert!(Cli::try_parse_from(["projector", "run", "--metrics-addr", "[::1]:9464"]).is_ok());
 }

@@ -67,7 +67,20 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
                     cfg.dead_letters.stream
                 ))
             })?;
-            let message = dlq.get_raw_message(p.dlq_seq).await;
+            // Only a message the stream no longer holds (its limits removed it) is an
+            // answer; a timeout or a lost connection is an error, not "payload missing".
+            let message = match dlq.get_raw_message(p.dlq_seq).await {
+                Err(e)
+                    if e.kind()
+                        != async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                {
+                    return Err(CliError::Failed(format!(
+                        "cannot read message {} of the dead-letter stream {}: {e}",
+                        p.dlq_seq, cfg.dead_letters.stream
+                    )));
+                }
+                m => m,
+            };
             show(&p, message, &cfg.dead_letters.stream, json);
             Ok(ExitCode::SUCCESS)
         }

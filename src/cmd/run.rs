@@ -9,14 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
-    let metrics_addr = match a.metrics_addr.as_str() {
-        "off" | "" => None,
-        s => Some(s.parse().map_err(|_| {
-            CliError::Usage(format!(
-                "--metrics-addr {s:?} is not an address like 127.0.0.1:9464 (or \"off\")"
-            ))
-        })?),
-    };
+    let metrics_addr = a.metrics_addr.0;
     let opts = RunOptions {
         projectors: a.projectors,
         generation: a.generation.clone(),

@@ -55,16 +55,20 @@ app.kubernetes.io/part-of: swe-ai-fleet
 
 {{/*
 Env of every projector container: connections, secrets, the NATS creds file path.
-Call with (dict "root" $ "secret" NAME "natsUserKey" K "natsPasswordKey" K "natsCredsKey" K).
+Call with (dict "root" $ "neo4j" BOOL "secret" NAME "natsUserKey" K "natsPasswordKey" K "natsCredsKey" K);
+"neo4j" false leaves Neo4j's user and password out (the streams-ensure hook never uses Neo4j,
+and must not wait for a Secret it does not need).
 */}}
 {{- define "projector.env" -}}
 {{- include "projector.urlEnv" (dict "root" .root "key" "NATS_URL") }}
 {{- include "projector.urlEnv" (dict "root" .root "key" "NEO4J_URI") }}
 {{- include "projector.urlEnv" (dict "root" .root "key" "REDIS_HOST") }}
 {{- include "projector.urlEnv" (dict "root" .root "key" "REDIS_PORT") }}
+{{- if .neo4j }}
 - name: NEO4J_USER
   value: {{ .root.Values.connections.neo4jUser | quote }}
 {{- include "projector.secretEnv" (dict "env" "NEO4J_PASSWORD" "secret" .root.Values.secret.name "key" .root.Values.secret.neo4jPasswordKey) }}
+{{- end }}
 {{- include "projector.secretEnv" (dict "env" "NATS_USER" "secret" .secret "key" .natsUserKey) }}
 {{- include "projector.secretEnv" (dict "env" "NATS_PASSWORD" "secret" .secret "key" .natsPasswordKey) }}
 {{- if .natsCredsKey }}
@@ -123,6 +127,7 @@ uri = {{ $n.neo4jUri | quote }}
 user = {{ $n.neo4jUser | quote }}
 password = ""
 max_concurrent_writes = {{ $c.neo4j.max_concurrent_writes | int64 }}
+connect_timeout = {{ $c.neo4j.connect_timeout | quote }}
 
 [valkey]
 url = {{ $n.valkeyUrl | quote }}
