@@ -201,6 +201,20 @@ async fn handed_over(
     }
 }
 
+/// Waits until every partition is held and three instances hold them.
+async fn spread_over_three(t: &TestConfig, js: &jetstream::Context, n: u32) {
+    eventually(60, || async {
+        let h = holders(t, js).await;
+        let who: BTreeSet<&String> = h.values().collect();
+        if h.len() == n as usize && who.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{h:?}"))
+        }
+    })
+    .await;
+}
+
 /// (stream, partition) -> committed ranges, from the workers' `batch committed` log lines.
 fn committed_ranges(logs: &[String]) -> BTreeMap<(String, u32), Vec<(u64, u64)>> {
     let mut out: BTreeMap<(String, u32), Vec<(u64, u64)>> = BTreeMap::new();
@@ -255,16 +269,7 @@ async fn rolling_upgrade_of_three_instances_hands_partitions_over_and_loses_noth
         .iter()
         .map(|n| (n.to_string(), spawn(n)))
         .collect();
-    eventually(60, || async {
-        let h = holders(&t, &js).await;
-        let who: BTreeSet<&String> = h.values().collect();
-        if h.len() == PARTITIONS as usize && who.len() == 3 {
-            Ok(())
-        } else {
-            Err(format!("{h:?}"))
-        }
-    })
-    .await;
+    spread_over_three(&t, &js, PARTITIONS).await;
 
     // Events keep flowing through the whole upgrade (stories of their own, from 900001).
     let load = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
@@ -333,16 +338,7 @@ async fn rolling_upgrade_of_three_instances_hands_partitions_over_and_loses_noth
         };
         running.push((new.to_string(), fresh));
         // Every instance holds a partition again before the next one goes.
-        eventually(60, || async {
-            let h = holders(&t, &js).await;
-            let who: BTreeSet<&String> = h.values().collect();
-            if h.len() == PARTITIONS as usize && who.len() == 3 {
-                Ok(())
-            } else {
-                Err(format!("{h:?}"))
-            }
-        })
-        .await;
+        spread_over_three(&t, &js, PARTITIONS).await;
     }
     let load = load.wait_with_output().unwrap();
     assert!(
