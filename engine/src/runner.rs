@@ -1,4 +1,8 @@
 //! Runs a projector: one worker per stream, the HTTP server, and graceful shutdown.
+//!
+//! Over 600 lines on purpose, for now: its two supervision loops (single instance and
+//! partitioned with leases) become one `Supervisor` in issue #16's pipeline; until then
+//! they stay side by side here so their shutdown and lease rules can be read together.
 
 use crate::config::Config;
 use crate::error::WriteError;
