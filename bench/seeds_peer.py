@@ -12,7 +12,8 @@ What it leaves out compared with projector (each makes it faster, not slower): v
 guards on property groups, checkpoints, the parked-event path and the outbound
 `context.updated` events.
 
-Prints one JSON line: events, seconds, events_per_s. Stops when --expect events are
+Prints one JSON line: events, failed, redelivered (transient driver errors, nak'ed and
+handled again), seconds, events_per_s. Stops when --expect events are
 acked, or after --max-seconds (then the rate is over the events it did handle; the
 per-event cost of this design does not fall with volume, so a prefix is a fair sample).
 """
@@ -28,6 +29,12 @@ import nats
 import redis.asyncio as aioredis
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from neo4j import AsyncGraphDatabase
+from neo4j.exceptions import IncompleteCommit, ServiceUnavailable, SessionExpired, TransientError
+
+# What the corrected seeds redeliver rather than count as lost: deadlocks and lock timeouts
+# (TransientError), a connection that died mid-commit (IncompleteCommit: the statements are
+# MERGEs, so running them again is safe) and a driver that lost its server for a moment.
+RETRIABLE = (IncompleteCommit, ServiceUnavailable, SessionExpired, TransientError)
 
 GEN = "seeds-peer"
 
@@ -186,7 +193,7 @@ async def main():
     nc = await nats.connect(args.nats)
     js = nc.jetstream()
     done = asyncio.Event()
-    state = dict(n=0, failed=0)
+    state = dict(n=0, failed=0, redelivered=0)
     started = time.monotonic()
 
     async def handle(msg):
@@ -205,6 +212,11 @@ async def main():
             if event.get("story_id"):
                 await cache.hset(f"{GEN}:story:{event['story_id']}", mapping={"last_subject": subject})
             await msg.ack()
+        except RETRIABLE as e:  # the driver already retried what it could: ask NATS again soon
+            state["redelivered"] += 1
+            print(f"seeds-peer: {subject} seq {meta.sequence.stream}: redelivered after {e!r}", file=sys.stderr)
+            await msg.nak(delay=0.5)
+            return
         except Exception as e:  # the corrected seeds log, count and leave the message unacked
             state["failed"] += 1
             print(f"seeds-peer: {subject} seq {meta.sequence.stream}: {e!r}", file=sys.stderr)
@@ -247,7 +259,7 @@ async def main():
     await nc.close()
     await driver.close()
     await cache.aclose()
-    print(json.dumps(dict(events=n, failed=state["failed"], seconds=secs, events_per_s=n / secs, capped=capped)))
+    print(json.dumps(dict(events=n, failed=state["failed"], redelivered=state["redelivered"], seconds=secs, events_per_s=n / secs, capped=capped)))
     return 0 if n > 0 and state["failed"] == 0 else 1
 
 

@@ -81,6 +81,8 @@ pub struct Leases {
     projector: String,
     instance: String,
     partitions: u32,
+    /// The bucket's `max_age`: an entry cannot expire sooner after its last refresh.
+    ttl: Duration,
     held: BTreeMap<u32, u64>,
     /// Partitions seen held by others: holder, its last refresh, whether it released them.
     seen: BTreeMap<u32, Sighting>,
@@ -149,12 +151,19 @@ pub async fn holders(kv: &kv::Store, projector: &str) -> Result<Vec<(u32, String
 }
 
 impl Leases {
-    pub fn new(kv: kv::Store, projector: &str, instance: &str, partitions: u32) -> Leases {
+    pub fn new(
+        kv: kv::Store,
+        projector: &str,
+        instance: &str,
+        partitions: u32,
+        ttl: Duration,
+    ) -> Leases {
         Leases {
             kv,
             projector: projector.to_string(),
             instance: instance.to_string(),
             partitions,
+            ttl,
             held: BTreeMap::new(),
             seen: BTreeMap::new(),
         }
@@ -246,12 +255,13 @@ impl Leases {
                     self.held.insert(p, rev);
                     ch.acquired.push(p);
                     if let Some(s) = self.seen.remove(&p) {
+                        let since =
+                            (time::OffsetDateTime::now_utc() - s.refreshed).as_seconds_f64();
                         ch.taken_over.push(Takeover {
                             partition: p,
                             from: s.holder,
-                            seconds_since_refresh: (time::OffsetDateTime::now_utc() - s.refreshed)
-                                .as_seconds_f64(),
-                            handed_over: s.released,
+                            seconds_since_refresh: since,
+                            handed_over: handed_over(s.released, since, self.ttl),
                         });
                     }
                 }
@@ -319,6 +329,25 @@ impl Leases {
             .await
             .map_err(|e| nats_err("heartbeat delete")(e.to_string()))
     }
+}
+
+/// Whether a partition taken `since` seconds after its holder's last refresh was given
+/// back rather than left to expire. The release may fall between this round's read of the
+/// key and its `create` (seen in CI: a hand-over logged as an expiry), so a seen delete
+/// marker is not the only evidence: an entry with `max_age = ttl` cannot have aged out
+/// sooner than `ttl` after its last write, so a free key before then was deleted. The
+/// age compares the server's timestamp with this clock; skew only moves the boundary.
+///
+/// ```
+/// use engine::leases::handed_over;
+/// use std::time::Duration;
+/// let ttl = Duration::from_secs(10);
+/// assert!(handed_over(true, 30.0, ttl));
+/// assert!(handed_over(false, 3.2, ttl));
+/// assert!(!handed_over(false, 10.4, ttl));
+/// ```
+pub fn handed_over(release_seen: bool, since_refresh_s: f64, ttl: Duration) -> bool {
+    release_seen || since_refresh_s < ttl.as_secs_f64()
 }
 
 /// How often leases are refreshed: a third of the TTL, so two missed rounds still keep them.

@@ -491,7 +491,15 @@ async fn run_partitioned(
     let kv = crate::leases::bucket(&shared.js, pc, base.cfg.stream_defaults.replicas).await?;
     let mut leases: Vec<crate::leases::Leases> = projectors
         .iter()
-        .map(|p| crate::leases::Leases::new(kv.clone(), &p.name, &base.opts.instance, pc.count))
+        .map(|p| {
+            crate::leases::Leases::new(
+                kv.clone(),
+                &p.name,
+                &base.opts.instance,
+                pc.count,
+                pc.lease_ttl,
+            )
+        })
         .collect();
     let sh: Vec<Shared> = projectors
         .iter()
