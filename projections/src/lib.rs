@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ingest;
 pub mod model;
 pub mod ops;
 pub mod partition;
