@@ -1,4 +1,5 @@
-//! Typed write errors: each is either transient (retry, do not ack) or permanent (park).
+//! Typed write errors, and the one place that says what each one means for a batch:
+//! [`WriteError::action`].
 
 use thiserror::Error;
 
@@ -35,19 +36,49 @@ pub enum WriteError {
     Nats { message: String },
 }
 
+/// What a failed write means for the batch that hit it. Decided in one place
+/// ([`WriteError::action`]); every caller acts on it and none special-cases an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A server was away or asked to try again: back off and run the same step again,
+    /// nothing acked meanwhile.
+    Retry,
+    /// Our position is stale (another writer moved the checkpoint, or a rebuild was promoted):
+    /// re-read the checkpoints and position the sources again; nothing of the batch is acked.
+    Reposition,
+    /// The server refused what one event writes, or the write was not confirmed: commit the
+    /// batch's events one per transaction to find it, and park only it.
+    Isolate,
+    /// A bug of ours (a row or context of the wrong shape): no event is to blame, stop and
+    /// let an operator look.
+    Halt,
+}
+
+/// Codes of [`WriteError::Neo4jRefused`] that projector itself raises when what Neo4j
+/// returned has the wrong shape: a bug in a query or a reader, not a refusal of an event.
+pub const OUR_BUG_CODES: [&str; 2] = ["projector.RowShape", "projector.ContextShape"];
+
 impl WriteError {
-    /// Transient errors are retried with backoff and the batch stays unacked meanwhile;
-    /// the others are permanent and lead to parking the offending event.
-    pub fn is_transient(&self) -> bool {
+    /// What to do about this error: the whole failure disposition, in one exhaustive match.
+    pub fn action(&self) -> Action {
         match self {
             WriteError::Neo4jUnavailable { .. }
             | WriteError::Neo4jTransient { .. }
-            | WriteError::CheckpointMoved { .. }
-            | WriteError::GenerationMoved { .. }
             | WriteError::Valkey { .. }
-            | WriteError::Nats { .. } => true,
-            WriteError::Neo4jRefused { .. } | WriteError::Unconfirmed { .. } => false,
+            | WriteError::Nats { .. } => Action::Retry,
+            WriteError::CheckpointMoved { .. } | WriteError::GenerationMoved { .. } => {
+                Action::Reposition
+            }
+            WriteError::Neo4jRefused { code, .. } if OUR_BUG_CODES.contains(&code.as_str()) => {
+                Action::Halt
+            }
+            WriteError::Neo4jRefused { .. } | WriteError::Unconfirmed { .. } => Action::Isolate,
         }
+    }
+
+    /// Whether running the same step again may succeed (`action() == Retry`).
+    pub fn is_transient(&self) -> bool {
+        self.action() == Action::Retry
     }
 
     /// A short stable name for metrics labels.
@@ -101,23 +132,74 @@ impl WriteError {
 mod tests {
     use super::*;
 
+    /// The failure disposition, one row per kind of error.
     #[test]
-    fn refusals_and_unconfirmed_writes_are_permanent() {
-        assert!(!WriteError::Unconfirmed {
-            what: "x".into(),
-            expected: 2,
-            confirmed: 1
+    fn every_error_has_one_action() {
+        let refused = |code: &str| WriteError::Neo4jRefused {
+            code: code.into(),
+            message: String::new(),
+        };
+        let table: Vec<(WriteError, Action)> = vec![
+            (
+                WriteError::Neo4jUnavailable {
+                    uri: "bolt://x".into(),
+                    message: String::new(),
+                },
+                Action::Retry,
+            ),
+            (
+                WriteError::Neo4jTransient {
+                    code: "Neo.TransientError.Transaction.DeadlockDetected".into(),
+                    message: String::new(),
+                },
+                Action::Retry,
+            ),
+            (
+                WriteError::Valkey {
+                    url: "redis://x".into(),
+                    message: String::new(),
+                },
+                Action::Retry,
+            ),
+            (
+                WriteError::Nats {
+                    message: String::new(),
+                },
+                Action::Retry,
+            ),
+            (
+                WriteError::CheckpointMoved {
+                    id: "p/S/0".into(),
+                    expected: 3,
+                },
+                Action::Reposition,
+            ),
+            (
+                WriteError::GenerationMoved {
+                    from: "main".into(),
+                    to: "g2".into(),
+                },
+                Action::Reposition,
+            ),
+            (
+                refused("Neo.ClientError.Schema.ConstraintValidationFailed"),
+                Action::Isolate,
+            ),
+            (refused("projector.Serialization"), Action::Isolate),
+            (
+                WriteError::Unconfirmed {
+                    what: "x".into(),
+                    expected: 2,
+                    confirmed: 1,
+                },
+                Action::Isolate,
+            ),
+            (refused("projector.RowShape"), Action::Halt),
+            (refused("projector.ContextShape"), Action::Halt),
+        ];
+        for (e, want) in table {
+            assert_eq!(e.action(), want, "{e}");
+            assert_eq!(e.is_transient(), want == Action::Retry, "{e}");
         }
-        .is_transient());
-        assert!(!WriteError::Neo4jRefused {
-            code: "Neo.ClientError.Schema.ConstraintValidationFailed".into(),
-            message: String::new()
-        }
-        .is_transient());
-        assert!(WriteError::Neo4jUnavailable {
-            uri: "bolt://x".into(),
-            message: String::new()
-        }
-        .is_transient());
     }
 }

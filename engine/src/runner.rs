@@ -303,14 +303,14 @@ pub async fn run(
             blocked: Arc::new(Mutex::new(blocked.into_iter().collect())),
             ..shared.clone()
         };
+        // Registered before it starts, so `until_caught_up` waits for every stream.
         for stream in &p.streams {
-            let wc = base.worker(&p.name, stream, 0, 1);
-            let name = format!("{}/{}", p.name, stream);
-            // Registered before it starts, so `until_caught_up` waits for every worker.
             health.update(&format!("{}/{}/0", p.name, stream), |h| h.connected = false);
-            let worker = Worker::new(wc, sh.clone(), stop_rx.clone());
-            set.spawn(async move { (name, worker.run().await) });
         }
+        let wc = base.worker(&p.name, &p.streams, 0, 1);
+        let name = format!("{}/0", p.name);
+        let worker = Worker::new(wc, sh.clone(), stop_rx.clone());
+        set.spawn(async move { (name, worker.run().await) });
     }
     let watcher = {
         let stop_tx = stop_tx.clone();
@@ -430,14 +430,14 @@ impl WorkerBase<'_> {
     fn worker(
         &self,
         projector: &str,
-        stream: &str,
+        streams: &[String],
         partition: u32,
         partitions: u32,
     ) -> WorkerConfig {
         let opts = self.opts;
         WorkerConfig {
             projector: projector.to_string(),
-            stream: stream.to_string(),
+            streams: streams.to_vec(),
             partition,
             partitions,
             generation: self.generation.to_string(),
@@ -593,13 +593,13 @@ async fn run_partitioned(
                         }
                         let (stop, rx) = watch::channel(false);
                         for stream in &p.streams {
-                            let wc = base.worker(&p.name, stream, part, pc.count);
-                            let name = format!("{}/{}/{}", p.name, stream, part);
-                            shared.health.update(&name, |h| h.connected = false);
-                            let worker = Worker::new(wc, sh[i].clone(), rx.clone());
-                            set.spawn(async move { ((i, part), name, worker.run().await) });
+                            shared.health.update(&format!("{}/{}/{}", p.name, stream, part), |h| h.connected = false);
                         }
-                        owned.insert((i, part), Owned { stop, workers: p.streams.len() });
+                        let wc = base.worker(&p.name, &p.streams, part, pc.count);
+                        let name = format!("{}/{}", p.name, part);
+                        let worker = Worker::new(wc, sh[i].clone(), rx.clone());
+                        set.spawn(async move { ((i, part), name, worker.run().await) });
+                        owned.insert((i, part), Owned { stop, workers: 1 });
                         tracing::info!(projector = %p.name, partition = part, instance = %base.opts.instance, "partition acquired; its workers start from the stored checkpoints");
                     }
                     for t in &ch.taken_over {
@@ -641,10 +641,10 @@ async fn run_partitioned(
                 match res {
                     Ok(exit) => {
                         if deadline.is_none() {
-                            shared.health.remove(&name);
-                            // name is projector/stream/partition (set where it was spawned).
-                            if let Some((projector, stream)) = name.rsplit_once('/').and_then(|(ps, _)| ps.split_once('/')) {
-                                shared.metrics.forget_partition(projector, stream, part);
+                            let p = &projectors[i];
+                            for stream in &p.streams {
+                                shared.health.remove(&format!("{}/{}/{}", p.name, stream, part));
+                                shared.metrics.forget_partition(&p.name, stream, part);
                             }
                         }
                         exits.push((name, exit));

@@ -343,7 +343,6 @@ pub async fn replay_stream(
         if last > report.last {
             let mv = CheckpointMove {
                 key: key.clone(),
-                fence_live: false,
                 expected: expected_progress,
                 seq: last,
                 ts_ns: last_ts,
@@ -375,25 +374,12 @@ async fn commit_with_retry(
     batch: &CompactBatch,
     mv: &CheckpointMove,
 ) -> Result<(), ReplayError> {
-    let backoff = engine::retry::Backoff::default();
-    let mut attempt = 0;
-    loop {
-        match t
-            .graph
-            .commit_batch(t.generation, batch, &[], &[], mv)
-            .await
-        {
-            Ok(()) => return Ok(()),
-            Err(e)
-                if e.is_transient()
-                    && attempt < 30
-                    && !matches!(e, WriteError::CheckpointMoved { .. }) =>
-            {
-                tracing::warn!(error = %e, attempt = attempt + 1, "transient error during replay; retrying");
-                tokio::time::sleep(backoff.delay(attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // A moved checkpoint is not retried: another replay of this generation is running.
+    engine::retry::Retrier::bounded(engine::retry::Backoff::default(), 30)
+        .run("commit replayed batch", || {
+            t.graph
+                .commit_batch(t.generation, batch, &[], &[], mv, false)
+        })
+        .await
+        .map_err(ReplayError::from)
 }

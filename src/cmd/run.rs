@@ -39,8 +39,10 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
     let exits = runner::run(cfg, opts, None).await?;
     for (name, exit) in &exits {
         match exit {
-            Exit::CaughtUp { checkpoint } => {
-                tracing::info!(worker = %name, checkpoint, "caught up")
+            Exit::CaughtUp { checkpoints } => {
+                for (stream, checkpoint) in checkpoints {
+                    tracing::info!(worker = %name, %stream, checkpoint, "caught up")
+                }
             }
             Exit::Stopped => tracing::info!(worker = %name, "stopped"),
         }

@@ -96,12 +96,28 @@ impl CacheSink {
         seq: u64,
         force: bool,
     ) -> Result<(), WriteError> {
+        self.apply_many(gen, key_prefix, contexts, &[(ckpt.clone(), seq)], force)
+            .await
+    }
+
+    /// Writes contexts and moves several Valkey checkpoints (one per stream of a committed
+    /// transaction) in one MULTI/EXEC.
+    pub async fn apply_many(
+        &self,
+        gen: &str,
+        key_prefix: &str,
+        contexts: &[StoryContext],
+        ckpts: &[(CheckpointKey, u64)],
+        force: bool,
+    ) -> Result<(), WriteError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for ctx in contexts {
             put(&mut pipe, key_prefix, ctx, force);
         }
-        pipe.set(self.checkpoint_key(gen, ckpt), seq).ignore();
+        for (ckpt, seq) in ckpts {
+            pipe.set(self.checkpoint_key(gen, ckpt), *seq).ignore();
+        }
         let mut c = self.conn.clone();
         let () = pipe.query_async(&mut c).await.map_err(self.err())?;
         Ok(())

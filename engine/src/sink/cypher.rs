@@ -188,7 +188,7 @@ pub const PARK: &str = "UNWIND $rows AS row \
 /// The transactional outbox: outbound events committed with the batch, published after it.
 pub const OUTBOX_ADD: &str = "UNWIND $rows AS row \
      MERGE (o:Outbox {gen: $gen, id: row.id}) \
-     SET o.projector = $projector, o.stream = $stream, o.subject = row.subject, o.payload = row.payload \
+     SET o.projector = $projector, o.stream = row.stream, o.subject = row.subject, o.payload = row.payload \
      RETURN count(o) AS rows";
 
 pub const OUTBOX_PENDING: &str =

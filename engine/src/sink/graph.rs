@@ -183,13 +183,31 @@ fn opt(s: &Option<String>) -> BoltType {
         .unwrap_or(BoltType::Null(BoltNull))
 }
 
+/// An outbound event waiting in the outbox, with the stream whose event produced it
+/// (the outbox is drained per stream at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub stream: String,
+    pub event: Outbound,
+}
+
+/// One transaction: the graph writes of every stream's pending events, their parked
+/// records and outbox entries, and each stream's checkpoint move.
+pub struct Commit<'a> {
+    pub batch: &'a CompactBatch,
+    pub parked: &'a [ParkedRecord],
+    pub outbox: &'a [OutboxEntry],
+    /// One per stream of the transaction (at least one); all advance or none.
+    pub moves: &'a [CheckpointMove],
+    /// Live writers: fail with [`WriteError::GenerationMoved`] if `gen` is no longer the
+    /// live one (a rebuild was promoted).
+    pub fence_live: bool,
+}
+
 /// The checkpoint move a batch commits with.
 #[derive(Debug, Clone)]
 pub struct CheckpointMove {
     pub key: CheckpointKey,
-    /// Live workers: fail with [`WriteError::GenerationMoved`] if the generation written is
-    /// no longer the live one (a rebuild was promoted).
-    pub fence_live: bool,
     /// Where the writer read it (0 when there was none).
     pub expected: u64,
     pub seq: u64,
@@ -450,13 +468,32 @@ impl GraphSink {
         parked: &[ParkedRecord],
         outbox: &[Outbound],
         ckpt: &CheckpointMove,
+        fence_live: bool,
     ) -> Result<(), WriteError> {
+        let outbox: Vec<OutboxEntry> = outbox
+            .iter()
+            .map(|o| OutboxEntry {
+                stream: ckpt.key.stream.clone(),
+                event: o.clone(),
+            })
+            .collect();
+        let c = Commit {
+            batch,
+            parked,
+            outbox: &outbox,
+            moves: std::slice::from_ref(ckpt),
+            fence_live,
+        };
+        self.commit(gen, &c).await
+    }
+
+    /// Writes one transaction: graph writes, parked records, outbox entries and every
+    /// stream's checkpoint move; all of it or nothing.
+    pub async fn commit(&self, gen: &str, c: &Commit<'_>) -> Result<(), WriteError> {
         let t0 = std::time::Instant::now();
         let mut txn = self.graph.start_txn().await.map_err(self.err())?;
         let begin_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let result = self
-            .write_all(&mut txn, gen, batch, parked, outbox, ckpt)
-            .await;
+        let result = self.write_all(&mut txn, gen, c).await;
         let write_ms = t0.elapsed().as_secs_f64() * 1e3 - begin_ms;
         match result {
             Ok(()) => {
@@ -513,12 +550,11 @@ impl GraphSink {
         &self,
         txn: &mut neo4rs::Txn,
         gen: &str,
-        batch: &CompactBatch,
-        parked: &[ParkedRecord],
-        outbox: &[Outbound],
-        ckpt: &CheckpointMove,
+        c: &Commit<'_>,
     ) -> Result<(), WriteError> {
-        if ckpt.fence_live {
+        let (batch, parked, outbox) = (c.batch, c.parked, c.outbox);
+        let projector = c.moves.first().map_or("", |m| m.key.projector.as_str());
+        if c.fence_live {
             let mut rows = txn
                 .execute(
                     query("OPTIONAL MATCH (p:GenerationPointer {id: $pointer}) RETURN coalesce(p.name, $default) AS live")
@@ -540,32 +576,36 @@ impl GraphSink {
                 });
             }
         }
-        // Checkpoint first: a concurrent writer is detected before any work is sent.
-        let mut rows = txn
-            .execute(
-                query(cypher::CHECKPOINT_ADVANCE)
-                    .param("gen", gen)
-                    .param("id", ckpt.key.id())
-                    .param("projector", ckpt.key.projector.as_str())
-                    .param("stream", ckpt.key.stream.as_str())
-                    .param("partition", ckpt.key.partition as i64)
-                    .param("expected", ckpt.expected as i64)
-                    .param("seq", ckpt.seq as i64)
-                    .param("ts_ns", ckpt.ts_ns),
-            )
-            .await
-            .map_err(self.err())?;
-        if rows.next(txn.handle()).await.map_err(self.err())?.is_none() {
-            return Err(WriteError::CheckpointMoved {
-                id: ckpt.key.id(),
-                expected: ckpt.expected,
-            });
+        // Checkpoints first: a concurrent writer is detected before any work is sent.
+        let mut moves: Vec<&CheckpointMove> = c.moves.iter().collect();
+        moves.sort_by_key(|m| m.key.id());
+        for ckpt in moves {
+            let mut rows = txn
+                .execute(
+                    query(cypher::CHECKPOINT_ADVANCE)
+                        .param("gen", gen)
+                        .param("id", ckpt.key.id())
+                        .param("projector", ckpt.key.projector.as_str())
+                        .param("stream", ckpt.key.stream.as_str())
+                        .param("partition", ckpt.key.partition as i64)
+                        .param("expected", ckpt.expected as i64)
+                        .param("seq", ckpt.seq as i64)
+                        .param("ts_ns", ckpt.ts_ns),
+                )
+                .await
+                .map_err(self.err())?;
+            if rows.next(txn.handle()).await.map_err(self.err())?.is_none() {
+                return Err(WriteError::CheckpointMoved {
+                    id: ckpt.key.id(),
+                    expected: ckpt.expected,
+                });
+            }
         }
         self.write_ops(txn, gen, batch).await?;
         if !parked.is_empty() {
             let rows = list(parked.iter().map(|p| {
                 map(vec![
-                    ("id", p.id(&ckpt.key.projector).into()),
+                    ("id", p.id(projector).into()),
                     ("stream", p.stream.as_str().into()),
                     ("seq", (p.seq as i64).into()),
                     ("subject", p.subject.as_str().into()),
@@ -579,7 +619,7 @@ impl GraphSink {
             }));
             let q = query(cypher::PARK)
                 .param("gen", gen)
-                .param("projector", ckpt.key.projector.as_str())
+                .param("projector", projector)
                 .param("rows", rows);
             self.confirmed(txn, q, "parked events".into(), parked.len() as i64)
                 .await?;
@@ -587,18 +627,18 @@ impl GraphSink {
         if !outbox.is_empty() {
             let rows = list(outbox.iter().map(|o| {
                 map(vec![
-                    ("id", o.msg_id.as_str().into()),
-                    ("subject", o.subject.as_str().into()),
+                    ("id", o.event.msg_id.as_str().into()),
+                    ("stream", o.stream.as_str().into()),
+                    ("subject", o.event.subject.as_str().into()),
                     (
                         "payload",
-                        String::from_utf8_lossy(&o.payload).as_ref().into(),
+                        String::from_utf8_lossy(&o.event.payload).as_ref().into(),
                     ),
                 ])
             }));
             let q = query(cypher::OUTBOX_ADD)
                 .param("gen", gen)
-                .param("projector", ckpt.key.projector.as_str())
-                .param("stream", ckpt.key.stream.as_str())
+                .param("projector", projector)
                 .param("rows", rows);
             self.confirmed(txn, q, "outbox entries".into(), outbox.len() as i64)
                 .await?;
