@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod dlq;
 pub mod effective;
 pub mod error;
@@ -22,5 +23,6 @@ pub mod server;
 pub mod sink;
 pub mod source;
 pub mod streams;
+pub mod supervisor;
 pub mod views;
 pub mod worker;

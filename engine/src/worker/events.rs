@@ -29,12 +29,14 @@ impl Worker {
 
     /// Metrics and logs of a committed group (after its acks).
     pub(super) fn committed(&self, items: &[Item], started: Instant) {
-        let mut per_stream: BTreeMap<usize, (usize, u64, usize)> = BTreeMap::new();
+        // Per stream: (events, lag after the group, parked, first sequence).
+        let mut per_stream: BTreeMap<usize, (usize, u64, usize, u64)> = BTreeMap::new();
         for it in items {
             let stream = &self.sources[it.src].stream;
-            let e = per_stream.entry(it.src).or_insert((0, 0, 0));
+            let e = per_stream.entry(it.src).or_insert((0, 0, 0, it.seq));
             e.0 += 1;
             e.1 = it.pending;
+            e.3 = e.3.min(it.seq);
             let outcome = match &it.route {
                 // Counted by the partition that owns it.
                 Route::Elsewhere => continue,
@@ -81,7 +83,7 @@ impl Worker {
                 .with_label_values(&labels)
                 .observe((now_ns - it.ts_ns).max(0) as f64 / 1e9);
         }
-        for (&src, &(n, lag, parked)) in &per_stream {
+        for (&src, &(n, lag, parked, first)) in &per_stream {
             let labels = [self.cfg.projector.as_str(), &self.sources[src].stream];
             self.sh
                 .metrics
@@ -94,7 +96,8 @@ impl Worker {
                 .with_label_values(&labels)
                 .observe(started.elapsed().as_secs_f64());
             self.set_lag(src, lag);
-            tracing::debug!(worker = %self.sources[src].name, last = self.sources[src].checkpoint, events = n, parked, lag, "batch committed");
+            // tests/deploy.rs reads these lines: each stream's committed range.
+            tracing::debug!(worker = %self.sources[src].name, first, last = self.sources[src].checkpoint, events = n, parked, lag, "batch committed");
         }
     }
 }

@@ -80,7 +80,11 @@ impl Worker {
         let e = f.error;
         match (e.action(), f.stage) {
             (Action::Reposition, _) => {
-                tracing::warn!(worker = %self.name, error = %e, "position stale (a promoted rebuild, or another writer); re-reading the checkpoints, nothing acked");
+                if matches!(e, WriteError::GenerationMoved { .. }) {
+                    tracing::info!(worker = %self.name, error = %e, "a rebuilt generation was promoted; switching to it, nothing acked");
+                } else {
+                    tracing::warn!(worker = %self.name, error = %e, "checkpoint moved under this worker (another writer?); re-reading it, nothing acked");
+                }
                 self.reposition = true;
                 Ok(())
             }
