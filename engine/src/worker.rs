@@ -917,9 +917,9 @@ impl Worker {
                 outbound.extend(projection.outbound.iter().cloned());
             }
         }
+        let fence = self.cfg.follow_live;
         let mv = CheckpointMove {
             key: self.key.clone(),
-            fence_live: self.cfg.follow_live,
             expected: self.stored,
             seq: last,
             // The batch ends at `last`; 0 (unknown) only if it somehow does not.
@@ -940,7 +940,7 @@ impl Worker {
                 // Held for the transaction only, not across retry back-offs.
                 let _turn = gate.acquire().await.expect("the gate is never closed");
                 graph
-                    .commit_batch(&gen, &batch, &parked, &outbound, &mv)
+                    .commit_batch(&gen, &batch, &parked, &outbound, &mv, fence)
                     .await
             })
             .await;
@@ -1169,9 +1169,9 @@ impl Worker {
         let graph = self.sh.graph.clone();
         let gen = self.cfg.generation.clone();
         let key = self.key.clone();
+        let fence = self.cfg.follow_live;
         let mv = CheckpointMove {
             key: self.key.clone(),
-            fence_live: self.cfg.follow_live,
             expected: self.stored,
             seq: to,
             // Nothing was read at `to` (a hole, a reset stream): no time to compare later.
@@ -1190,7 +1190,9 @@ impl Worker {
             );
             let empty = empty.clone();
             async move {
-                graph.commit_batch(&gen, &empty, &[], &[], &mv).await?;
+                graph
+                    .commit_batch(&gen, &empty, &[], &[], &mv, fence)
+                    .await?;
                 cache.apply(&gen, &prefix, &[], &key, to).await
             }
         })

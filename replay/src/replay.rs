@@ -343,7 +343,6 @@ pub async fn replay_stream(
         if last > report.last {
             let mv = CheckpointMove {
                 key: key.clone(),
-                fence_live: false,
                 expected: expected_progress,
                 seq: last,
                 ts_ns: last_ts,
@@ -380,7 +379,7 @@ async fn commit_with_retry(
     loop {
         match t
             .graph
-            .commit_batch(t.generation, batch, &[], &[], mv)
+            .commit_batch(t.generation, batch, &[], &[], mv, false)
             .await
         {
             Ok(()) => return Ok(()),
