@@ -62,6 +62,8 @@ impl GraphSink {
         if outbox.is_empty() {
             return Ok(());
         }
+        // Payloads are JSON that projections serialized (UTF-8 by construction), so the
+        // lossy conversion never replaces anything; the outbox stores them as strings.
         let rows = list(outbox.iter().map(|o| {
             map(vec![
                 ("id", o.event.msg_id.as_str().into()),
