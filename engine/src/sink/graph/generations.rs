@@ -127,11 +127,12 @@ impl GraphSink {
         Ok(self.first_row(q).await?.is_some())
     }
 
-    /// Deletes up to 5,000 nodes of `label` in generation `name` (one bounded transaction,
-    /// which keeps memory and lock time flat). Returns how many it deleted.
+    /// Deletes up to 5,000 nodes of `label` in generation `name`, in one bounded transaction
+    /// (memory and lock time stay flat). `label` is code-defined: it is written into the
+    /// statement. Returns how many it deleted.
     pub async fn delete_generation_batch(
         &self,
-        label: &str,
+        label: &'static str,
         name: &str,
     ) -> Result<u64, WriteError> {
         let q = query(&cypher::generation_delete_batch(label)).param("gen", name);

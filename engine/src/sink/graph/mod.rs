@@ -28,7 +28,7 @@ mod stories;
 pub use batch::ONE_STATEMENT_MIN_ROWS;
 pub use checkpoints::{CheckpointKey, CheckpointMove};
 pub use commit::Commit;
-pub use generations::GenerationSize;
+pub use generations::{GenerationMarker, GenerationSize};
 pub use outbox::OutboxEntry;
 pub use parked::{ParkedRecord, ParkedView};
 
