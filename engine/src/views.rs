@@ -1,5 +1,7 @@
-//! Read views over a generation's graph: the Cypher behind `projector query` and the HTTP
-//! API (`docs/views.md` has the same statements, ready for Neo4j Browser).
+//! Read views over a generation's graph, behind `projector query` and the HTTP API: their
+//! row types, the Valkey-first story view and the diagrams. The statements live in
+//! `sink/cypher.rs` with the rest of the Cypher and are re-exported here (`docs/views.md` has
+//! the same statements, ready for Neo4j Browser).
 
 use crate::error::WriteError;
 use crate::sink::graph::GraphSink;
