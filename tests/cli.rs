@@ -77,6 +77,37 @@ fn a_config_file_needs_only_the_keys_it_changes() {
 }
 
 #[test]
+fn graph_write_cap_and_pool_size_out_of_range_are_bad_input() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    // 0 used to run as 1; a pool no larger than the cap leaves no connection for reads.
+    for (text, says) in [
+        (
+            "[neo4j]\nmax_concurrent_writes = 0\n",
+            "[neo4j] max_concurrent_writes = 0 (use 1 to 511",
+        ),
+        (
+            "[neo4j]\nmax_concurrent_writes = 4\nmax_connections = 4\n",
+            "[neo4j] max_connections = 4 (use 5 to 512",
+        ),
+    ] {
+        let path = dir.join(format!("{}-neo4j.toml", tag()));
+        std::fs::write(&path, text).unwrap();
+        let o = projector_with(&path, &["config", "show"]);
+        assert_eq!(o.status.code(), Some(2), "{text}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(says), "{text}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    let path = dir.join(format!("{}-pool.toml", tag()));
+    std::fs::write(&path, "[neo4j]\nmax_connections = 32\n").unwrap();
+    let o = projector_with(&path, &["config", "show", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["neo4j.max_connections"]["value"], "32");
+    assert_eq!(v["neo4j.max_connections"]["source"], "file");
+}
+
+#[test]
 fn list_filters_are_checked_before_anything_runs() {
     let t = TestConfig::new();
     for args in [

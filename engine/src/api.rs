@@ -234,7 +234,7 @@ impl Api {
 
     async fn list<T: serde::de::DeserializeOwned>(
         &self,
-        statement: &str,
+        statement: &'static str,
         generation: Option<String>,
         page: Result<Query<Page>, QueryRejection>,
         mut params: Vec<(&'static str, Value)>,

@@ -92,6 +92,10 @@ impl std::fmt::Debug for NatsConfig {
     }
 }
 
+/// The most Bolt connections one sink's pool may open (`[neo4j] max_connections`); a
+/// bound that catches a typo before it reaches Neo4j's own connection limit.
+pub const MAX_CONNECTIONS: usize = 512;
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Neo4jConfig {
@@ -103,6 +107,11 @@ pub struct Neo4jConfig {
     /// two measured best on the 2-core bench machine. See docs/decisions.md.
     #[serde(default = "two")]
     pub max_concurrent_writes: usize,
+    /// Connections in the Bolt pool of one sink. More than `max_concurrent_writes`: each
+    /// open write transaction holds one, and reads (checkpoints, outbox, the Valkey step's
+    /// contexts, readiness, the HTTP views) take theirs meanwhile.
+    #[serde(default = "sixteen")]
+    pub max_connections: usize,
     /// How long one-shot commands (`run --until-caught-up`, replay, rebuild, verify, query,
     /// status) wait for Neo4j before failing with exit 1. The daemon keeps retrying.
     #[serde(default = "thirty_secs", deserialize_with = "de_duration")]
@@ -111,6 +120,10 @@ pub struct Neo4jConfig {
 
 fn two() -> usize {
     2
+}
+
+fn sixteen() -> usize {
+    16
 }
 
 fn thirty_secs() -> Duration {
@@ -125,6 +138,7 @@ impl std::fmt::Debug for Neo4jConfig {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("max_concurrent_writes", &self.max_concurrent_writes)
+            .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -352,6 +366,22 @@ impl Config {
                 "[partitions] lease_ttl must be at least 2s (leases are refreshed every third of it)".into(),
             ));
         }
+        let n = &self.neo4j;
+        if !(1..=MAX_CONNECTIONS).contains(&n.max_concurrent_writes) {
+            return Err(bad(format!(
+                "[neo4j] max_concurrent_writes = {} (use 1 to {}, and less than max_connections)",
+                n.max_concurrent_writes,
+                MAX_CONNECTIONS - 1
+            )));
+        }
+        if n.max_connections <= n.max_concurrent_writes || n.max_connections > MAX_CONNECTIONS {
+            return Err(bad(format!(
+                "[neo4j] max_connections = {} (use {} to {MAX_CONNECTIONS}: more than max_concurrent_writes = {})",
+                n.max_connections,
+                n.max_concurrent_writes + 1,
+                n.max_concurrent_writes
+            )));
+        }
         let mut names = std::collections::BTreeSet::new();
         for s in &self.streams {
             if !names.insert(s.name.as_str()) {
@@ -433,6 +463,31 @@ mod tests {
         cfg.apply_env(&env);
         assert_eq!(cfg.nats.password.as_deref(), Some("n4ts-s3cret"));
         assert!(!format!("{cfg:?}").contains("n4ts-s3cret"));
+    }
+
+    #[test]
+    fn graph_writes_and_pool_are_validated() {
+        let with = |extra: &str| {
+            let text = DEFAULT_TOML
+                .replace("max_connections = 16\n", "")
+                .replace("max_concurrent_writes = 2\n", &format!("{extra}\n"));
+            Config::from_toml(&text, "t").map_err(|e| e.to_string())
+        };
+        let cfg = with("max_concurrent_writes = 2").unwrap();
+        assert_eq!(cfg.neo4j.max_connections, 16);
+        // 0 used to be accepted and silently run as 1.
+        let err = with("max_concurrent_writes = 0").unwrap_err();
+        assert!(
+            err.contains("[neo4j] max_concurrent_writes = 0 (use 1 to"),
+            "{err}"
+        );
+        let err = with("max_concurrent_writes = 4\nmax_connections = 4").unwrap_err();
+        assert!(
+            err.contains("[neo4j] max_connections = 4 (use 5 to 512"),
+            "{err}"
+        );
+        let cfg = with("max_concurrent_writes = 4\nmax_connections = 5").unwrap();
+        assert_eq!(cfg.neo4j.max_connections, 5);
     }
 
     #[test]

@@ -1,41 +1,15 @@
-//! Read views over a generation's graph: the Cypher behind `projector query` and the HTTP
-//! API (`docs/views.md` has the same statements, ready for Neo4j Browser).
+//! Read views over a generation's graph, behind `projector query` and the HTTP API: their
+//! row types, the Valkey-first story view and the diagrams. The statements live in
+//! `sink/cypher.rs` with the rest of the Cypher and are re-exported here (`docs/views.md` has
+//! the same statements, ready for Neo4j Browser).
 
 use crate::error::WriteError;
 use crate::sink::graph::GraphSink;
-use neo4rs::query;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// Every projected change of a story, in stream order (stream time, then stream, then sequence).
-pub const TIMELINE: &str = "MATCH (s:Story {gen: $gen, id: $id})-[:HAS_EVENT]->(e:StoryEvent) \
-    WITH e ORDER BY e.last_v \
-    RETURN collect({seq: e.seq, stream: e.stream, subject: e.subject, event_time_ms: e.event_time_ms, summary: e.summary}) AS view";
-
-/// Decisions, optionally of one story and since a time (epoch ms), newest first.
-pub const DECISIONS: &str = "MATCH (d:Decision {gen: $gen}) \
-    WHERE ($story IS NULL OR d.story_id = $story) AND ($since IS NULL OR d.decided_at_ms >= $since) \
-    WITH d ORDER BY d.decided_at_ms DESC, d.id SKIP $offset LIMIT $limit \
-    RETURN collect({decision_id: d.id, story_id: d.story_id, task_id: d.task_id, title: d.title, rationale: d.rationale, decided_by: d.decided_by, decided_at_ms: d.decided_at_ms}) AS view";
-
-/// Tasks, optionally by status and role, by story then task id.
-pub const TASKS: &str = "MATCH (t:Task {gen: $gen}) \
-    WHERE ($status IS NULL OR t.status = $status) AND ($role IS NULL OR t.role = $role) \
-    WITH t ORDER BY t.story_id, t.id SKIP $offset LIMIT $limit \
-    RETURN collect({task_id: t.id, story_id: t.story_id, title: t.title, role: t.role, status: t.status, agent_id: t.agent_id}) AS view";
-
-/// Plan approvals, optionally of one story, newest first.
-pub const APPROVALS: &str = "MATCH (a:PlanApproval {gen: $gen}) \
-    WHERE $story IS NULL OR a.story_id = $story \
-    WITH a ORDER BY a.approved_at_ms DESC, a.id SKIP $offset LIMIT $limit \
-    RETURN collect({approval_id: a.id, story_id: a.story_id, plan_id: a.plan_id, approved_by: a.approved_by, approved_at_ms: a.approved_at_ms}) AS view";
-
-/// A story's neighbourhood as edges (for Mermaid and DOT).
-pub const NEIGHBOURHOOD: &str = "MATCH (s:Story {gen: $gen, id: $id}) \
-    OPTIONAL MATCH (s)-[r]->(n) WHERE NOT n:StoryEvent AND NOT n:PhaseChange \
-    OPTIONAL MATCH (n)-[r2]->(m) WHERE m.gen = $gen AND NOT m:Story AND NOT m:StoryEvent \
-    RETURN collect(DISTINCT [s.id, 'Story', type(r), n.id, labels(n)[0]]) + collect(DISTINCT [n.id, labels(n)[0], type(r2), m.id, labels(m)[0]]) AS view";
+pub use crate::sink::cypher::{APPROVALS, DECISIONS, NEIGHBOURHOOD, TASKS, TIMELINE};
 
 /// One entry of [`TIMELINE`].
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -87,7 +61,7 @@ pub struct ApprovalRow {
 /// a silently different answer).
 pub async fn rows<T: serde::de::DeserializeOwned>(
     graph: &GraphSink,
-    statement: &str,
+    statement: &'static str,
     gen: &str,
     params: Params,
 ) -> Result<Vec<T>, WriteError> {
@@ -156,30 +130,11 @@ pub type Params = Vec<(&'static str, Value)>;
 /// Runs a view statement and returns its single `view` column as JSON (`None`: no row).
 pub async fn run(
     graph: &GraphSink,
-    statement: &str,
+    statement: &'static str,
     gen: &str,
     params: Params,
 ) -> Result<Option<Value>, WriteError> {
-    let err = |e| WriteError::from_neo4j(graph.uri(), e);
-    let mut q = query(statement).param("gen", gen);
-    for (k, v) in params {
-        q = match v {
-            Value::Null => q.param(k, neo4rs::BoltType::Null(neo4rs::BoltNull)),
-            Value::String(s) => q.param(k, s),
-            Value::Number(n) => q.param(k, n.as_i64().unwrap_or(0)),
-            other => q.param(k, other.to_string()),
-        };
-    }
-    let mut rows = graph.graph().execute(q).await.map_err(err)?;
-    match rows.next().await.map_err(err)? {
-        Some(row) => Ok(Some(row.get::<Value>("view").map_err(|e| {
-            WriteError::Neo4jRefused {
-                code: "projector.ViewShape".into(),
-                message: e.to_string(),
-            }
-        })?)),
-        None => Ok(None),
-    }
+    graph.view(statement, gen, params).await
 }
 
 /// The nodes and edges of a neighbourhood, the story's own node first and always present.

@@ -6,8 +6,7 @@
 //! bookkeeping and are not part of the state.
 
 use engine::error::WriteError;
-use engine::sink::graph::{field, GraphSink};
-use neo4rs::query;
+use engine::sink::graph::GraphSink;
 use projections::Label;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -33,32 +32,15 @@ async fn for_each_node(
     gen: &str,
     mut f: impl FnMut(&str, &Map<String, Value>),
 ) -> Result<(), WriteError> {
-    let err = |e| WriteError::from_neo4j(sink.uri(), e);
-    let mut rows = sink
-        .graph()
-        .execute(
-            query(
-                "MATCH (n) WHERE n.gen = $gen AND labels(n)[0] IN $labels \
-                 RETURN labels(n)[0] AS label, n.id AS id, properties(n) AS props \
-                 ORDER BY label, id",
-            )
-            .param("gen", gen)
-            .param("labels", labels()),
-        )
-        .await
-        .map_err(err)?;
-    while let Some(row) = rows.next().await.map_err(err)? {
-        let label: String = field(&row, "label")?;
-        let mut props: Map<String, Value> = field(&row, "props")?;
+    sink.scan_nodes(gen, &labels(), |label, mut props| {
         props.remove("gen");
         f(&label, &props);
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// Hashes the graph of generation `gen`.
 pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, WriteError> {
-    let err = |e| WriteError::from_neo4j(sink.uri(), e);
     let mut h = Sha256::new();
     let mut nodes = 0u64;
     for_each_node(sink, gen, |label, props| {
@@ -70,31 +52,16 @@ pub async fn graph_digest(sink: &GraphSink, gen: &str) -> Result<GraphDigest, Wr
     })
     .await?;
     let mut rels = 0u64;
-    let mut rows = sink
-        .graph()
-        .execute(
-            query(
-                "MATCH (a)-[r]->(b) WHERE a.gen = $gen AND labels(a)[0] IN $labels \
-                 RETURN type(r) AS type, labels(a)[0] AS fl, a.id AS f, labels(b)[0] AS tl, b.id AS t, \
-                        properties(r) AS props \
-                 ORDER BY type, fl, f, tl, t",
-            )
-            .param("gen", gen)
-            .param("labels", labels()),
-        )
-        .await
-        .map_err(err)?;
-    while let Some(row) = rows.next().await.map_err(err)? {
-        for col in ["type", "fl", "f", "tl", "t"] {
-            let v: String = field(&row, col)?;
+    sink.scan_relationships(gen, &labels(), |cols, props| {
+        for v in cols {
             h.update(v.as_bytes());
             h.update(b"\x00");
         }
-        let props: Map<String, Value> = field(&row, "props")?;
         h.update(serde_json::to_vec(&props).expect("JSON map serializes"));
         h.update(b"\n");
         rels += 1;
-    }
+    })
+    .await?;
     Ok(GraphDigest {
         hash: hex::encode(h.finalize()),
         nodes,

@@ -163,19 +163,51 @@ pub fn batch_upsert() -> &'static str {
     })
 }
 
-/// Advances a checkpoint only from the position the writer read (optimistic concurrency):
-/// if another writer moved it meanwhile, zero rows come back and the batch is rolled back.
-pub const CHECKPOINT_ADVANCE: &str = "MERGE (c:Checkpoint {gen: $gen, id: $id}) \
-     ON CREATE SET c.projector = $projector, c.stream = $stream, c.partition = $partition, c.seq = 0 \
-     SET c._lock = true \
-     WITH c WHERE c.seq = $expected \
-     SET c.seq = $seq, c.ts_ns = CASE WHEN $ts_ns = 0 THEN null ELSE $ts_ns END REMOVE c._lock \
-     RETURN c.seq AS seq";
+// ---- Checkpoints and lost ranges (sink/graph/checkpoints.rs, commit.rs) ----
 
+/// Advances every checkpoint of a commit (`$moves`: rows `{id, projector, stream, partition,
+/// expected, seq, ts_ns}`, sorted by id so writers lock them in one order), each only from
+/// the position its writer read (optimistic concurrency: `c.seq = expected`). Returns the id
+/// of each checkpoint it advanced; the writer rolls back if one is missing (another writer
+/// moved it meanwhile).
+pub const CHECKPOINTS_ADVANCE: &str = "UNWIND $moves AS m \
+     MERGE (c:Checkpoint {gen: $gen, id: m.id}) \
+     ON CREATE SET c.projector = m.projector, c.stream = m.stream, c.partition = m.partition, c.seq = 0 \
+     SET c._lock = true \
+     WITH c, m WHERE c.seq = m.expected \
+     SET c.seq = m.seq, c.ts_ns = CASE WHEN m.ts_ns = 0 THEN null ELSE m.ts_ns END REMOVE c._lock \
+     RETURN c.id AS id";
+
+/// A checkpoint's sequence (no row: none stored).
 pub const CHECKPOINT_READ: &str = "MATCH (c:Checkpoint {gen: $gen, id: $id}) RETURN c.seq AS seq";
 
 /// The stream time of the message a checkpoint is at (null when unknown).
 pub const CHECKPOINT_TS: &str = "MATCH (c:Checkpoint {gen: $gen, id: $id}) RETURN c.ts_ns AS ts_ns";
+
+/// Every partition's checkpoint of one projector and stream: `p`, `seq`.
+pub const CHECKPOINTS_OF: &str = "MATCH (c:Checkpoint {gen: $gen}) \
+     WHERE c.projector = $projector AND c.stream = $stream \
+     RETURN c.partition AS p, c.seq AS seq";
+
+/// Creates a checkpoint at `$seq` unless it exists (a new partition layout).
+pub const CHECKPOINT_CREATE: &str = "MERGE (c:Checkpoint {gen: $gen, id: $id}) \
+     ON CREATE SET c.projector = $projector, c.stream = $stream, \
+     c.partition = $partition, c.seq = $seq";
+
+/// Removes one checkpoint.
+pub const CHECKPOINT_DELETE: &str = "MATCH (c:Checkpoint {gen: $gen, id: $id}) DELETE c";
+
+/// Records a hole found after a checkpoint (idempotent per range).
+pub const LOST_RANGE_RECORD: &str = "MERGE (l:LostRange {gen: $gen, id: $id}) \
+     SET l.projector = $projector, l.stream = $stream, l.partition = $partition, \
+         l.from_seq = $from, l.to_seq = $to, l.halted = $halted, l.checkpoint = $checkpoint";
+
+/// A generation's lost ranges: `p`, `s`, `f`, `t`, `h` (projector, stream, from, to, halted).
+pub const LOST_RANGES: &str = "MATCH (l:LostRange {gen: $gen}) \
+     RETURN l.projector AS p, l.stream AS s, l.from_seq AS f, l.to_seq AS t, l.halted AS h \
+     ORDER BY s, f";
+
+// ---- Parked events (sink/graph/parked.rs) ----
 
 /// Parked events: the operator's view of the dead letters, and the per-story block list.
 pub const PARK: &str = "UNWIND $rows AS row \
@@ -185,23 +217,196 @@ pub const PARK: &str = "UNWIND $rows AS row \
          p.blocked_by = row.blocked_by, p.dlq_seq = row.dlq_seq, p.ts_ns = row.ts_ns \
      RETURN count(p) AS rows";
 
+/// Parked records of one projector (`$projector` null: all), in stream order.
+pub const PARKED: &str = "MATCH (p:ParkedEvent {gen: $gen}) \
+     WHERE $projector IS NULL OR p.projector = $projector \
+     RETURN p.id AS id, p.projector AS projector, p.stream AS stream, p.seq AS seq, \
+            p.subject AS subject, p.story_id AS story_id, p.kind AS kind, p.reason AS reason, \
+            p.blocked_by AS blocked_by, p.dlq_seq AS dlq_seq, p.ts_ns AS ts_ns \
+     ORDER BY p.projector, p.stream, p.seq";
+
+/// Removes parked records of one projector after their retry (`rows`: how many).
+pub const PARKED_REMOVE: &str = "UNWIND $ids AS id \
+     MATCH (p:ParkedEvent {gen: $gen, id: id}) WHERE p.projector = $projector \
+     DELETE p RETURN count(*) AS rows";
+
+/// Removes parked records an operator discards (`n`: how many).
+pub const PARKED_DISCARD: &str = "UNWIND $ids AS id \
+     MATCH (p:ParkedEvent {gen: $gen, id: id}) DELETE p RETURN count(*) AS n";
+
+/// Which of the stories `$ids` still have parked records for `$projector`: `s`.
+pub const STILL_BLOCKED: &str = "MATCH (p:ParkedEvent {gen: $gen, projector: $projector}) \
+     WHERE p.story_id IN $ids RETURN DISTINCT p.story_id AS s";
+
+/// Stories with parked records for `$projector`, and the first of them in stream order.
+pub const BLOCKED_STORIES: &str = "MATCH (p:ParkedEvent {gen: $gen, projector: $projector}) \
+     WHERE p.story_id IS NOT NULL \
+     WITH p.story_id AS story, p ORDER BY p.stream, p.seq \
+     RETURN story, collect(p.id)[0] AS first";
+
+// ---- The outbox (sink/graph/outbox.rs) ----
+
 /// The transactional outbox: outbound events committed with the batch, published after it.
+/// Each row names the stream whose event produced it (the outbox is drained per stream).
 pub const OUTBOX_ADD: &str = "UNWIND $rows AS row \
      MERGE (o:Outbox {gen: $gen, id: row.id}) \
      SET o.projector = $projector, o.stream = row.stream, o.subject = row.subject, o.payload = row.payload \
      RETURN count(o) AS rows";
 
+/// Outbox entries of one projector and stream not yet confirmed as published.
 pub const OUTBOX_PENDING: &str =
     "MATCH (o:Outbox {gen: $gen, projector: $projector, stream: $stream}) \
      RETURN o.id AS id, o.subject AS subject, o.payload AS payload ORDER BY o.id";
 
+/// Removes outbox entries whose publish is confirmed.
 pub const OUTBOX_DONE: &str = "MATCH (o:Outbox {gen: $gen}) WHERE o.id IN $ids DELETE o";
+
+// ---- Stories (sink/graph/stories.rs, batch.rs) ----
 
 /// Moves the revision of every story a commit touched (the write lock serializes writers).
 pub const STORY_REV_BUMP: &str = "UNWIND $ids AS id \
      MERGE (r:StoryRev {gen: $gen, id: id}) \
      SET r.rev = coalesce(r.rev, 0) + 1 \
      RETURN count(*) AS rows";
+
+/// A story's revision (0 before any), no row if the story does not exist.
+pub const STORY_REV: &str = "MATCH (s:Story {gen: $gen, id: $id}) \
+     OPTIONAL MATCH (r:StoryRev {gen: $gen, id: $id}) \
+     RETURN coalesce(r.rev, 0) AS rev";
+
+/// A story's newest version key, no row if the story does not exist.
+pub const STORY_VERSION: &str =
+    "MATCH (s:Story {gen: $gen, id: $id}) RETURN coalesce(s.last_v, '') AS v";
+
+/// Every story id of a generation, sorted.
+pub const STORY_IDS: &str = "MATCH (s:Story {gen: $gen}) RETURN s.id AS id ORDER BY id";
+
+/// The story view as stored in Valkey, read in one query per batch of stories.
+pub const STORY_CONTEXT: &str = "UNWIND $ids AS sid \
+    MATCH (s:Story {gen: $gen, id: sid}) \
+    CALL (s) { OPTIONAL MATCH (s)-[:HAD_PHASE]->(c:PhaseChange) WITH c ORDER BY c.at_ms, c.last_seq \
+      RETURN [x IN collect(c) | {from: x.from_phase, to: x.to_phase, by: x.changed_by, at_ms: x.at_ms, seq: x.last_seq}] AS phases } \
+    CALL (s) { OPTIONAL MATCH (s)-[:HAS_PLAN]->(p:Plan) WITH p ORDER BY p.id \
+      CALL (p) { OPTIONAL MATCH (a:PlanApproval)-[:APPROVES]->(p) WITH a ORDER BY a.approved_at_ms, a.id \
+        RETURN [x IN collect(a) | {approved_by: x.approved_by, approved_at_ms: x.approved_at_ms}] AS approvals } \
+      RETURN [x IN collect({plan_id: p.id, version: p.version, summary: p.summary, created_at_ms: p.created_at_ms, approvals: approvals}) WHERE x.plan_id IS NOT NULL] AS plans } \
+    CALL (s) { OPTIONAL MATCH (s)-[:HAS_TASK]->(t:Task) WITH t ORDER BY t.id \
+      RETURN [x IN collect(t) | {task_id: x.id, title: x.title, role: x.role, status: x.status, agent_id: x.agent_id}] AS tasks } \
+    CALL (s) { OPTIONAL MATCH (s)-[:HAS_DECISION]->(d:Decision) WITH d ORDER BY d.decided_at_ms, d.id \
+      RETURN [x IN collect(d) | {decision_id: x.id, task_id: x.task_id, title: x.title, rationale: x.rationale, decided_by: x.decided_by, decided_at_ms: x.decided_at_ms}] AS decisions } \
+    CALL (s) { OPTIONAL MATCH (s)-[:REACHED]->(m:Milestone) WITH m ORDER BY m.reached_at_ms, m.name \
+      RETURN [x IN collect(m) | {name: x.name, reached_at_ms: x.reached_at_ms}] AS milestones } \
+    OPTIONAL MATCH (r:StoryRev {gen: $gen, id: s.id}) \
+    RETURN {story_id: s.id, title: s.title, description: s.description, phase: s.phase, created_by: s.created_by, \
+      phase_history: phases, plans: plans, tasks: tasks, decisions: decisions, milestones: milestones, \
+      last_v: coalesce(s.last_v, '')} AS ctx, coalesce(r.rev, 0) AS rev";
+
+// ---- Generations (sink/graph/generations.rs) ----
+
+/// The live generation's `name`: the pointer `$pointer`'s, or `$default` without one
+/// (always one row).
+pub const LIVE_GENERATION: &str = "OPTIONAL MATCH (p:GenerationPointer {id: $pointer}) \
+     RETURN coalesce(p.name, $default) AS name";
+
+/// Creates the pointer `$pointer` at `$default` unless it exists.
+pub const POINTER_REGISTER: &str =
+    "MERGE (p:GenerationPointer {id: $pointer}) ON CREATE SET p.name = $default";
+
+/// Points `$pointer` at `$name` only if `$name`'s checkpoints `$ids` are at or past the
+/// live generation's: `behind` (0: switched), `previous`.
+pub const PROMOTE: &str = "MERGE (p:GenerationPointer {id: $pointer}) ON CREATE SET p.name = $default \
+     SET p._lock = true \
+     WITH p \
+     UNWIND $ids AS cid \
+     OPTIONAL MATCH (old:Checkpoint {gen: p.name, id: cid}) \
+     OPTIONAL MATCH (new:Checkpoint {gen: $name, id: cid}) \
+     WITH p, sum(CASE WHEN coalesce(new.seq, 0) >= coalesce(old.seq, 0) THEN 0 ELSE 1 END) AS behind, \
+          collect(DISTINCT p.name)[0] AS previous \
+     FOREACH (_ IN CASE WHEN behind = 0 THEN [1] ELSE [] END | SET p.name = $name, p.previous = previous) \
+     REMOVE p._lock \
+     RETURN behind, previous";
+
+/// Every generation holding a node: `gen`, `nodes`, `stories` (scans every node).
+pub const GENERATION_SIZES: &str = "MATCH (n) WHERE n.gen IS NOT NULL \
+     RETURN n.gen AS gen, count(n) AS nodes, sum(CASE WHEN n:Story THEN 1 ELSE 0 END) AS stories \
+     ORDER BY gen";
+
+/// Every deployment's pointer: `id`, `name`.
+pub const POINTERS: &str = "MATCH (p:GenerationPointer) RETURN p.id AS id, p.name AS name";
+
+/// Every generation marker: `gen`, `created` (epoch ms), `state` (either may be null).
+pub const GENERATION_MARKERS: &str =
+    "MATCH (g:Generation) RETURN g.gen AS gen, g.created_ms AS created, g.state AS state";
+
+/// Marks generation `$gen` (created time once; `$state` when not null).
+pub const GENERATION_MARK: &str = "MERGE (g:Generation {gen: $gen, id: $gen}) \
+     ON CREATE SET g.created_ms = timestamp() \
+     FOREACH (_ IN CASE WHEN $state IS NULL THEN [] ELSE [1] END | SET g.state = $state)";
+
+/// Removes `$gen`'s marker when nothing else carries its `gen`.
+pub const GENERATION_UNMARK_IF_EMPTY: &str = "MATCH (g:Generation {gen: $gen}) \
+     WHERE NOT EXISTS { MATCH (n) WHERE n.gen = $gen AND NOT n:Generation } \
+     DELETE g";
+
+/// One row if any node carries `$gen`.
+pub const GENERATION_ANY_NODE: &str = "MATCH (n) WHERE n.gen = $gen RETURN 1 AS one LIMIT 1";
+
+/// Deletes up to 5,000 nodes of `label` (a code-defined label, never event data) in
+/// generation `$gen`: `n`, how many.
+pub fn generation_delete_batch(label: &str) -> String {
+    format!(
+        "MATCH (n:{label} {{gen: $gen}}) WITH n LIMIT 5000 DETACH DELETE n RETURN count(*) AS n"
+    )
+}
+
+// ---- Reads of other modules (sink/graph/reads.rs, mod.rs) ----
+
+/// A trivial round trip (readiness, bounded waits).
+pub const PING: &str = "RETURN 1 AS one";
+
+/// Every projected node of `$gen` (first label in `$labels`) in (label, id) order:
+/// `label`, `id`, `props` (the canonical hash).
+pub const SCAN_NODES: &str = "MATCH (n) WHERE n.gen = $gen AND labels(n)[0] IN $labels \
+     RETURN labels(n)[0] AS label, n.id AS id, properties(n) AS props \
+     ORDER BY label, id";
+
+/// Every relationship leaving a projected node of `$gen`, in (type, from, to) order.
+pub const SCAN_RELATIONSHIPS: &str =
+    "MATCH (a)-[r]->(b) WHERE a.gen = $gen AND labels(a)[0] IN $labels \
+     RETURN type(r) AS type, labels(a)[0] AS fl, a.id AS f, labels(b)[0] AS tl, b.id AS t, \
+            properties(r) AS props \
+     ORDER BY type, fl, f, tl, t";
+
+// ---- Read views (crate::views, docs/views.md) ----
+
+/// Every projected change of a story, in stream order (stream time, then stream, then sequence).
+pub const TIMELINE: &str = "MATCH (s:Story {gen: $gen, id: $id})-[:HAS_EVENT]->(e:StoryEvent) \
+    WITH e ORDER BY e.last_v \
+    RETURN collect({seq: e.seq, stream: e.stream, subject: e.subject, event_time_ms: e.event_time_ms, summary: e.summary}) AS view";
+
+/// Decisions, optionally of one story and since a time (epoch ms), newest first.
+pub const DECISIONS: &str = "MATCH (d:Decision {gen: $gen}) \
+    WHERE ($story IS NULL OR d.story_id = $story) AND ($since IS NULL OR d.decided_at_ms >= $since) \
+    WITH d ORDER BY d.decided_at_ms DESC, d.id SKIP $offset LIMIT $limit \
+    RETURN collect({decision_id: d.id, story_id: d.story_id, task_id: d.task_id, title: d.title, rationale: d.rationale, decided_by: d.decided_by, decided_at_ms: d.decided_at_ms}) AS view";
+
+/// Tasks, optionally by status and role, by story then task id.
+pub const TASKS: &str = "MATCH (t:Task {gen: $gen}) \
+    WHERE ($status IS NULL OR t.status = $status) AND ($role IS NULL OR t.role = $role) \
+    WITH t ORDER BY t.story_id, t.id SKIP $offset LIMIT $limit \
+    RETURN collect({task_id: t.id, story_id: t.story_id, title: t.title, role: t.role, status: t.status, agent_id: t.agent_id}) AS view";
+
+/// Plan approvals, optionally of one story, newest first.
+pub const APPROVALS: &str = "MATCH (a:PlanApproval {gen: $gen}) \
+    WHERE $story IS NULL OR a.story_id = $story \
+    WITH a ORDER BY a.approved_at_ms DESC, a.id SKIP $offset LIMIT $limit \
+    RETURN collect({approval_id: a.id, story_id: a.story_id, plan_id: a.plan_id, approved_by: a.approved_by, approved_at_ms: a.approved_at_ms}) AS view";
+
+/// A story's neighbourhood as edges (for Mermaid and DOT).
+pub const NEIGHBOURHOOD: &str = "MATCH (s:Story {gen: $gen, id: $id}) \
+    OPTIONAL MATCH (s)-[r]->(n) WHERE NOT n:StoryEvent AND NOT n:PhaseChange \
+    OPTIONAL MATCH (n)-[r2]->(m) WHERE m.gen = $gen AND NOT m:Story AND NOT m:StoryEvent \
+    RETURN collect(DISTINCT [s.id, 'Story', type(r), n.id, labels(n)[0]]) + collect(DISTINCT [n.id, labels(n)[0], type(r2), m.id, labels(m)[0]]) AS view";
 
 #[cfg(test)]
 mod tests {

@@ -27,10 +27,9 @@ pub async fn wait_ready(graph: &GraphSink, timeout: Duration) -> Result<(), Writ
             });
         }
         // neo4rs retries a refused connection itself for up to 60 s; the timeout cuts that.
-        match tokio::time::timeout(left, graph.graph().run(neo4rs::query("RETURN 1"))).await {
+        match tokio::time::timeout(left, graph.ping()).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => {
-                let e = WriteError::from_neo4j(graph.uri(), e);
                 if !e.is_transient() {
                     return Err(e);
                 }

@@ -127,6 +127,7 @@ uri = {{ $n.neo4jUri | quote }}
 user = {{ $n.neo4jUser | quote }}
 password = ""
 max_concurrent_writes = {{ $c.neo4j.max_concurrent_writes | int64 }}
+max_connections = {{ $c.neo4j.max_connections | int64 }}
 connect_timeout = {{ $c.neo4j.connect_timeout | quote }}
 
 [valkey]
