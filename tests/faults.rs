@@ -262,3 +262,71 @@ async fn a_write_without_effect_is_an_error_metric_and_a_parked_event_never_proc
     );
     assert_eq!(run.terminate(), Some(0));
 }
+
+/// `--on-error halt` names the event whose write was refused, not the first of its batch:
+/// the batch is committed one event per transaction up to the offender, which halts the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_error_halt_names_the_offending_event_not_the_first_of_its_batch() {
+    let _g = SERIAL.lock().await;
+    let (t, js) = setup().await;
+    let g = neo4j(&t.cfg);
+    // The same poison as above: US-2's milestone write is not confirmed.
+    g.run(
+        neo4rs::query("CREATE (:Milestone {gen: $gen, id: 'US-2:MVP', v_MilestoneRecord: 42})")
+            .param("gen", t.tag.clone()),
+    )
+    .await
+    .unwrap();
+    // Published before the run starts: one batch of three on one stream.
+    t.publish(
+        &js,
+        &[
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-1","milestone":"MVP"}"#,
+            ),
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-2","milestone":"MVP"}"#,
+            ),
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-3","milestone":"BETA"}"#,
+            ),
+        ],
+    )
+    .await;
+    let out = t.projector(&[
+        "run",
+        "--generation",
+        &t.tag,
+        "--on-error",
+        "halt",
+        "--metrics-addr",
+        "off",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let context = t.stream("CONTEXT_EVENTS");
+    assert!(
+        err.contains(&format!("{context} seq 2 (")),
+        "the halt names seq 2, the refused write: {err}"
+    );
+    assert!(err.contains("halting as --on-error halt says"), "{err}");
+    let gen = t.tag.clone();
+    assert_eq!(
+        count_nodes(&g, &gen, "Milestone", "id", "US-1:MVP").await,
+        1,
+        "the event before the offender is committed"
+    );
+    assert_eq!(
+        count_nodes(&g, &gen, "Milestone", "id", "US-3:BETA").await,
+        0,
+        "nothing after the offender is written"
+    );
+    assert_eq!(
+        count_nodes(&g, &gen, "ParkedEvent", "story_id", "US-2").await,
+        0,
+        "halt parks nothing"
+    );
+}
