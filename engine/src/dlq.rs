@@ -148,28 +148,24 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
             .map_err(|e| WriteError::Nats {
                 message: format!("dead letter {} (seq {}): {e}", p.id, p.dlq_seq),
             })?;
-        let ct = m
-            .headers
-            .get("Content-Type")
-            .map(|v| v.as_str().to_string());
-        let catalog = p
-            .subject
-            .strip_prefix(t.subject_prefix)
-            .unwrap_or(&p.subject);
-        match projections::decode(catalog, ct.as_deref(), &m.payload) {
-            Err(e) => {
+        let stored = projections::ingest::Stored {
+            stream: &p.stream,
+            seq: p.seq,
+            ts_ns: p.ts_ns,
+            subject: &p.subject,
+            content_type: m.headers.get("Content-Type").map(|v| v.as_str()),
+            payload: &m.payload,
+        };
+        match projections::ingest::ingest(t.subject_prefix, &stored) {
+            projections::ingest::Ingested::Rejected { error, .. } => {
                 if let Some(s) = &p.story_id {
                     failed_stories.insert(s.clone());
                 }
-                report.still_failing.push((p.id.clone(), e.to_string()));
+                report.still_failing.push((p.id.clone(), error.to_string()));
             }
-            Ok(ev) => {
-                let env =
-                    projections::Envelope::new(&p.stream, p.seq, catalog, p.ts_ns, &m.payload)
-                        .with_content_type(ct.as_deref());
-                let proj = projections::project(&env, &ev);
-                batch.extend(&proj.graph);
-                for projections::CacheOp::RefreshContext { story_id, .. } in &proj.cache {
+            projections::ingest::Ingested::Projected { projection, .. } => {
+                batch.extend(&projection.graph);
+                for projections::CacheOp::RefreshContext { story_id, .. } in &projection.cache {
                     stories.insert(story_id.clone());
                 }
                 report.projected.push(p.id.clone());

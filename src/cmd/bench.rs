@@ -169,16 +169,22 @@ async fn ceiling(cfg: &Config, a: CeilingArgs) -> Result<ExitCode, CliError> {
         }
         let list = per_stream.entry(stream).or_default();
         let seq = list.len() as u64 + 1;
-        let env = projections::Envelope::new(
+        let stored = projections::ingest::Stored {
             stream,
             seq,
-            s.subject,
-            base_ns + i as i64 * 1_000,
-            s.payload.as_bytes(),
-        );
-        let event = projections::decode(s.subject, None, s.payload.as_bytes())
-            .map_err(|e| CliError::Failed(format!("generated event does not decode: {e}")))?;
-        list.push(projections::project(&env, &event));
+            ts_ns: base_ns + i as i64 * 1_000,
+            subject: &full,
+            content_type: None,
+            payload: s.payload.as_bytes(),
+        };
+        match projections::ingest::ingest(&cfg.subject_prefix, &stored) {
+            projections::ingest::Ingested::Projected { projection, .. } => list.push(projection),
+            projections::ingest::Ingested::Rejected { error, .. } => {
+                return Err(CliError::Failed(format!(
+                    "generated event does not decode: {error}"
+                )))
+            }
+        }
         events += 1;
     }
     let graph = engine::sink::graph::GraphSink::for_config(cfg)?;
