@@ -34,6 +34,8 @@ pub const MAX_OFFSET: i64 = 1_000_000_000_000;
 struct Api {
     graph: GraphSink,
     cache: Option<CacheSink>,
+    /// The server's metrics, where story views count their cache fallbacks.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Every error answer: a stable machine code and a one-line message for a person.
@@ -270,13 +272,22 @@ async fn story(
 ) -> Result<Json<StoryResponse>, ApiError> {
     let id = path(id)?;
     let (gen, live) = api.generation(query(p)?.generation).await?;
-    match story_view(&api.graph, api.cache.as_ref(), &gen, live, &id).await {
+    match story_view(
+        &api.graph,
+        api.cache.as_ref(),
+        Some(&api.metrics),
+        &gen,
+        live,
+        &id,
+    )
+    .await
+    {
         Ok(Some((context, source))) => Ok(Json(StoryResponse {
             context,
             generation: gen,
             source: match source {
                 Source::Cache => StorySource::Cache,
-                Source::Neo4j => StorySource::Neo4j,
+                Source::Neo4j(_) => StorySource::Neo4j,
             },
         })),
         Ok(None) => Err(no_story(&id, &gen)),
@@ -442,8 +453,13 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// The API routes, to merge into the metrics server's router. Its fallbacks answer every
-/// unknown route and method of the merged server with the API's JSON error.
-pub fn router(graph: GraphSink, cache: Option<CacheSink>) -> Router {
+/// unknown route and method of the merged server with the API's JSON error. `metrics` are
+/// the server's, so the story view's cache fallbacks show on its `/metrics`.
+pub fn router(
+    graph: GraphSink,
+    cache: Option<CacheSink>,
+    metrics: crate::metrics::Metrics,
+) -> Router {
     Router::new()
         .route("/v1/stories/{id}", get(story))
         .route("/v1/stories/{id}/timeline", get(timeline))
@@ -453,7 +469,11 @@ pub fn router(graph: GraphSink, cache: Option<CacheSink>) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(Api { graph, cache })
+        .with_state(Api {
+            graph,
+            cache,
+            metrics,
+        })
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// The process's resident set size (Linux `/proc/self/status`), set at each scrape.
     pub resident_memory: IntGauge,
+    /// Story views served from Neo4j instead of Valkey, by reason
+    /// (`crate::views::Fallback::reason`); every reason exists from the start at zero.
+    pub view_cache_fallbacks: IntCounterVec,
 }
 
 /// Kinds of `projector_write_errors_total` and `projector_retries_total` a worker can count:
@@ -222,6 +225,18 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            view_cache_fallbacks: {
+                let c = counter(
+                    &r,
+                    "projector_view_cache_fallbacks_total",
+                    "Story views read from Neo4j instead of Valkey, by reason (unavailable, unreadable, stale, missing, no_cache)",
+                    &["reason"],
+                );
+                for f in crate::views::Fallback::ALL {
+                    c.with_label_values(&[f.reason()]);
+                }
+                c
+            },
             registry: r,
         }
     }
@@ -304,6 +319,7 @@ mod tests {
             "projector_partitions_configured{projector=\"graph\"} 6",
             "projector_lag{partition=\"2\",projector=\"graph\",stream=\"S\"} 40",
             "projector_ready 0",
+            "projector_view_cache_fallbacks_total{reason=\"unavailable\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

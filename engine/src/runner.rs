@@ -204,6 +204,7 @@ pub async fn run(
         app = app.merge(crate::api::router(
             shared.graph.clone(),
             Some(shared.cache.clone()),
+            metrics.clone(),
         ));
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -87,13 +87,14 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
                     None
                 }
             };
-            let Some((ctx, source)) = story_view(&graph, cache.as_ref(), &gen, live, &id).await?
+            let Some((ctx, source)) =
+                story_view(&graph, cache.as_ref(), None, &gen, live, &id).await?
             else {
                 return Ok(no_story(&id, &gen, live));
             };
             let source = match source {
                 Source::Cache => "cache",
-                Source::Neo4j => "neo4j",
+                Source::Neo4j(_) => "neo4j",
             };
             if target.json || format == StoryFormat::Json {
                 let mut v = serde_json::to_value(&ctx).expect("serializable");
