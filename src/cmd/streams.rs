@@ -88,16 +88,27 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
             let progress = projector_progress(cfg, &js, args.generation.as_deref(), &st).await;
             if args.json {
                 // Unknown is null, not empty: an empty list would say "nothing was lost".
-                let (projectors, lost, neo4j_error) = match &progress {
-                    Ok((p, l, _)) => (Some(p.clone()), Some(l.clone()), None),
-                    Err(e) => (None, None, Some(e.to_string())),
+                let (projectors, lost, generation, lease_error, neo4j_error) = match &progress {
+                    Ok(p) => (
+                        Some(p.projectors.clone()),
+                        Some(p.lost.clone()),
+                        Some(p.generation.clone()),
+                        p.lease_error.clone(),
+                        None,
+                    ),
+                    Err(e) => (None, None, None, None, Some(e.to_string())),
                 };
+                if let Some(e) = &lease_error {
+                    eprintln!("warning: partition holders unknown ({e}); every holder is null");
+                }
                 let v = serde_json::json!({
                     "streams": st,
-                    "generation": progress.as_ref().map(|p| p.2.clone()).ok(),
+                    "generation": generation,
                     "projectors": projectors,
                     "lost_ranges": lost,
                     "neo4j_error": neo4j_error,
+                    // Set when the holders could not be read: a null holder then means unknown.
+                    "lease_error": lease_error,
                 });
                 println!(
                     "{}",
@@ -141,11 +152,24 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 }
             }
             match &progress {
-                Ok((projectors, lost, generation)) => {
+                Ok(Progress {
+                    projectors,
+                    lost,
+                    generation,
+                    lease_error,
+                }) => {
                     println!("\nPROJECTOR CHECKPOINTS (generation {generation})");
+                    if let Some(e) = lease_error {
+                        eprintln!(
+                            "warning: partition holders unknown ({e}); shown as \"holder unknown\""
+                        );
+                    }
                     for p in projectors {
                         let owner = match &p["holder"] {
                             serde_json::Value::String(h) => format!("  held by {h}"),
+                            serde_json::Value::Null if lease_error.is_some() => {
+                                "  holder unknown".into()
+                            }
                             serde_json::Value::Null if cfg.partitions.count > 1 => {
                                 "  no holder".into()
                             }
@@ -209,7 +233,14 @@ fn status_exit(progress: &Result<Progress, engine::error::WriteError>) -> ExitCo
     }
 }
 
-type Progress = (Vec<serde_json::Value>, Vec<serde_json::Value>, String);
+/// What `streams status` knows of the projectors' progress.
+struct Progress {
+    projectors: Vec<serde_json::Value>,
+    lost: Vec<serde_json::Value>,
+    generation: String,
+    /// Why the partition holders are unknown, if they are.
+    lease_error: Option<String>,
+}
 
 /// Checkpoints (with lag) per partition, the instance holding each partition's lease, and
 /// lost ranges of a generation.
@@ -227,19 +258,36 @@ async fn projector_progress(
         None => engine::generations::live(&g).await?,
     };
     let generation = generation.as_str();
+    // An unreadable lease bucket leaves the holders unknown, which is not "no holder": it is
+    // said once (stderr, and `lease_error` in --json) and every partition shows "holder
+    // unknown"; the checkpoints are still worth showing.
     let kv = if cfg.partitions.count > 1 {
-        js.get_key_value(&cfg.partitions.lease_bucket).await.ok()
+        match js.get_key_value(&cfg.partitions.lease_bucket).await {
+            Ok(kv) => Some(Ok(kv)),
+            Err(e) => Some(Err(format!(
+                "lease bucket {}: {e}",
+                cfg.partitions.lease_bucket
+            ))),
+        }
     } else {
         None
     };
+    let mut lease_error = match &kv {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    };
     let mut projectors = Vec::new();
     for p in &cfg.projectors {
-        let holders: std::collections::BTreeMap<u32, String> = match &kv {
-            Some(kv) => engine::leases::holders(kv, &p.name)
-                .await?
-                .into_iter()
-                .collect(),
-            None => Default::default(),
+        let holders: Option<std::collections::BTreeMap<u32, String>> = match &kv {
+            Some(Ok(kv)) => match engine::leases::holders(kv, &p.name).await {
+                Ok(h) => Some(h.into_iter().collect()),
+                Err(e) => {
+                    lease_error.get_or_insert_with(|| format!("lease holders: {e}"));
+                    None
+                }
+            },
+            Some(Err(_)) => None,
+            None => Some(Default::default()),
         };
         for s in &p.streams {
             let found = st.iter().find(|x| &x.name == s && x.exists);
@@ -250,7 +298,7 @@ async fn projector_progress(
                     .await?;
                 projectors.push(serde_json::json!({
                     "projector": p.name, "stream": s, "partition": part,
-                    "holder": holders.get(&part),
+                    "holder": holders.as_ref().and_then(|h| h.get(&part)),
                     "checkpoint": ckpt, "lag": last.saturating_sub(ckpt.unwrap_or(0)),
                     "stream_last": last,
                     // The worker halts on this (WorkerError::StreamReset).
@@ -265,5 +313,10 @@ async fn projector_progress(
         .into_iter()
         .map(|(p, s, f, t, h)| serde_json::json!({"projector": p, "stream": s, "from": f, "to": t, "halted": h}))
         .collect();
-    Ok((projectors, lost, generation.to_string()))
+    Ok(Progress {
+        projectors,
+        lost,
+        generation: generation.to_string(),
+        lease_error,
+    })
 }
