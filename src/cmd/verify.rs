@@ -104,7 +104,7 @@ async fn compare_with_rebuild(
 ) -> Result<(replay::hash::GraphDigest, Vec<String>), CliError> {
     let mut diffs = Vec::new();
     for p in &cfg.projectors {
-        super::rebuild::build_generation(cfg, &p.name, tmp, None, 2000).await?;
+        replay::generation::build_generation(cfg, &p.name, tmp, None, 2000).await?;
     }
     let fresh = replay::hash::graph_digest(sink, tmp).await?;
     if fresh.hash != hash {
