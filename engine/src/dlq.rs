@@ -184,3 +184,53 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
     }
     Ok(report)
 }
+
+/// The ids among `ids` that name no parked event of `projector` in `generation`: a typo
+/// must be refused, not pass for "re-projected 0 events".
+pub async fn not_parked(
+    graph: &crate::sink::graph::GraphSink,
+    generation: &str,
+    projector: &str,
+    ids: &[String],
+) -> Result<Vec<String>, WriteError> {
+    let parked = graph.parked(generation, Some(projector)).await?;
+    Ok(ids
+        .iter()
+        .filter(|id| !parked.iter().any(|p| &p.id == *id))
+        .cloned()
+        .collect())
+}
+
+/// A parked event's message in the dead-letter stream, or why it is not there.
+pub enum Stored {
+    Held(jetstream::message::StreamMessage),
+    /// The stream no longer holds it (its limits removed it): the reason, as NATS says it.
+    Gone(String),
+}
+
+/// Reads message `dlq_seq` of the dead-letter stream. Only a message the stream no longer
+/// holds is an answer ([`Stored::Gone`]); a timeout or a lost connection is an error, not
+/// "payload missing".
+pub async fn stored_message(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+    dlq_seq: u64,
+) -> Result<Stored, WriteError> {
+    let dlq = js
+        .get_stream(dlq_stream)
+        .await
+        .map_err(|e| WriteError::Nats {
+            message: format!("dead-letter stream {dlq_stream}: {e}"),
+        })?;
+    match dlq.get_raw_message(dlq_seq).await {
+        Ok(m) => Ok(Stored::Held(m)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            Ok(Stored::Gone(e.to_string()))
+        }
+        Err(e) => Err(WriteError::Nats {
+            message: format!(
+                "cannot read message {dlq_seq} of the dead-letter stream {dlq_stream}: {e}"
+            ),
+        }),
+    }
+}
