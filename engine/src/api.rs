@@ -145,12 +145,14 @@ struct Page {
 
 impl Page {
     fn params(&self) -> Result<Vec<(&'static str, Value)>, ApiError> {
+        // Not given: the documented default page.
         let limit = self.limit.unwrap_or(100);
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(ApiError::bad(format!(
                 "limit {limit} must be from 1 to {MAX_LIMIT}; page with offset"
             )));
         }
+        // Not given: from the first row.
         let offset = self.offset.unwrap_or(0);
         if !(0..=MAX_OFFSET).contains(&offset) {
             return Err(ApiError::bad(format!(
@@ -221,7 +223,7 @@ struct ApprovalParams {
 }
 
 fn opt(v: &Option<String>) -> Value {
-    v.clone().map(Value::from).unwrap_or(Value::Null)
+    Value::from(v.clone())
 }
 
 impl Api {
@@ -367,10 +369,7 @@ async fn tasks(
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Vec<TaskRow>>, ApiError> {
     let p = query(p)?;
-    let status = p
-        .status
-        .map(|s| Value::from(s.as_str()))
-        .unwrap_or(Value::Null);
+    let status = Value::from(p.status.map(|s| s.as_str()));
     let params = vec![("status", status), ("role", opt(&p.role))];
     api.list(views::TASKS, p.generation, page, params)
         .await

@@ -295,8 +295,10 @@ impl Metrics {
 
 /// VmRSS from `/proc/self/status`, in bytes.
 fn resident_bytes() -> Option<i64> {
+    // No /proc (not Linux): unknown, which `render` says in a debug line.
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    // A line of another shape: unknown, as above.
     let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

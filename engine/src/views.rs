@@ -93,6 +93,7 @@ pub async fn rows<T: serde::de::DeserializeOwned>(
 ) -> Result<Vec<T>, WriteError> {
     let v = run(graph, statement, gen, params)
         .await?
+        // A list view always returns one row; none would mean an empty list.
         .unwrap_or(Value::Array(Vec::new()));
     serde_json::from_value(v).map_err(|e| WriteError::Neo4jRefused {
         code: "projector.ViewShape".into(),
@@ -345,6 +346,7 @@ fn edges(v: &Value) -> impl Iterator<Item = [&str; 5]> {
         let e: Vec<&str> = e
             .as_array()?
             .iter()
+            // A null (OPTIONAL MATCH found no neighbour) is an incomplete edge, dropped below.
             .map(|x| x.as_str().unwrap_or(""))
             .collect();
         match e.as_slice() {

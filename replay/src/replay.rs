@@ -170,6 +170,7 @@ pub async fn plan(
             .graph
             .checkpoint(t.generation, &progress_key(req, stream, to))
             .await?
+            // No stored progress: a fresh replay of this range.
             .unwrap_or(0);
         let start = if stored >= req.from_seq {
             stored + 1

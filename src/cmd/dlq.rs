@@ -178,6 +178,7 @@ fn show(
     };
     let text = payload
         .as_ref()
+        // Not UTF-8: shown as binary (its size, or hex with --json), not as text.
         .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string));
     if json {
         let v = serde_json::json!({

@@ -17,11 +17,11 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
         .transpose()
         .map_err(CliError::Usage)?;
     let name = a.name.clone().unwrap_or_else(|| {
-        // A name, not projected state: the wall clock is fine here, and a clock before 1970
-        // only makes the name `rebuild-0`.
+        // A name, not projected state: the wall clock is fine here.
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
+            // A clock before 1970 only makes the name `rebuild-0`.
             .unwrap_or(0);
         format!("rebuild-{secs}")
     });
@@ -62,6 +62,7 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
         println!(
             "temporal generation {} built as of {}; live ({}) untouched",
             done.generation,
+            // Temporal means --as-of was given.
             a.as_of.as_deref().unwrap_or_default(),
             done.previous
         );

@@ -38,6 +38,7 @@ pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
+        // A clock before 1970: the process id still tells two runs apart.
         .unwrap_or(0);
     let tmp = format!("verify-{}-{nanos}", std::process::id());
     // SIGINT/SIGTERM stop the build gracefully (it listens too); this flag only tells the
