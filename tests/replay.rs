@@ -200,13 +200,7 @@ async fn an_interrupted_replay_resumes_and_gives_the_same_hash() {
 /// out too (they used to decode it as if it had the prefix and add its story).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unprefixed_subject_is_unknown_to_replays_as_it_is_to_live() {
-    // The planning stream also captures one bare catalog subject.
-    let t = TestConfig::with(|s| {
-        s.replace(
-            ".planning.>\"]",
-            ".planning.>\", \"planning.story.created\"]",
-        )
-    });
+    let t = Stranger::config();
     let out = t.projector(&["streams", "ensure"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let js = jetstream::new(nats(&t.cfg).await);
@@ -214,15 +208,7 @@ async fn an_unprefixed_subject_is_unknown_to_replays_as_it_is_to_live() {
     engine::history::publish(&js, &t.cfg.subject_prefix, &h, 21)
         .await
         .unwrap();
-    let stranger = format!("{}-STRANGER", t.upper);
-    js.publish(
-        "planning.story.created",
-        format!(r#"{{"story_id":"{stranger}","title":"not ours"}}"#).into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let stranger = Stranger::publish(&t, &js).await;
     t.publish(
         &js,
         &[(

@@ -601,24 +601,11 @@ async fn query_story_cache_and_graph_paths_agree() {
 /// prefix and project another deployment's story.
 #[tokio::test(flavor = "multi_thread")]
 async fn dlq_retry_of_an_unprefixed_subject_still_fails_as_live() {
-    let t = TestConfig::with(|s| {
-        s.replace(
-            ".planning.>\"]",
-            ".planning.>\", \"planning.story.created\"]",
-        )
-    });
+    let t = Stranger::config();
     let out = t.projector(&["streams", "ensure"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let js = jetstream::new(nats(&t.cfg).await);
-    let stranger = format!("{}-STRANGER", t.upper);
-    js.publish(
-        "planning.story.created",
-        format!(r#"{{"story_id":"{stranger}","title":"not ours"}}"#).into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let stranger = Stranger::publish(&t, &js).await;
     t.run_until_caught_up(&t.tag);
     let g = neo4j(&t.cfg);
     assert_eq!(
