@@ -275,3 +275,38 @@ async fn a_story_view_falling_back_to_neo4j_is_counted_and_logged() {
     );
     assert_eq!(run.terminate(), Some(0));
 }
+
+/// `query story` without a reachable Valkey still answers from Neo4j, and says so: a warning
+/// on stderr naming Valkey, and `source: neo4j`.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_story_without_valkey_says_so_and_reads_neo4j() {
+    let t = TestConfig::new();
+    assert!(t.projector(&["streams", "ensure"]).status.success());
+    let js = jetstream::new(nats(&t.cfg).await);
+    t.publish(
+        &js,
+        &[(
+            "planning.story.created",
+            r#"{"story_id":"US-NV","title":"no valkey"}"#,
+        )],
+    )
+    .await;
+    t.run_until_caught_up(&t.main_gen());
+    let closed = format!("redis://127.0.0.1:{}", free_port());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .arg("--config")
+        .arg(&t.path)
+        .args(["query", "story", "US-NV", "--json"])
+        .env("VALKEY_URL", &closed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["source"], "neo4j", "{v}");
+    assert_eq!(v["title"], "no valkey", "{v}");
+    assert!(
+        stderr(&o).contains("Valkey unavailable; reading the story from Neo4j"),
+        "{}",
+        stderr(&o)
+    );
+}
