@@ -30,6 +30,7 @@ pub fn when(ms: Option<i64>) -> String {
 
 /// An optional text, or [`UNKNOWN`].
 pub fn or_unknown(v: Option<&str>) -> &str {
+    // The rule itself: unknown or empty prints as `-`.
     v.filter(|s| !s.is_empty()).unwrap_or(UNKNOWN)
 }
 
@@ -52,6 +53,7 @@ pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> St
     // trailing blanks are noise in a terminal.
     let mut out = String::new();
     for line in t.to_string().lines() {
+        // A line without the leading space is kept whole.
         out.push_str(line.strip_prefix(' ').unwrap_or(line).trim_end());
         out.push('\n');
     }

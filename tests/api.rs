@@ -217,3 +217,96 @@ async fn views_over_cli_and_http_say_what_the_events_say() {
     );
     assert_eq!(run.terminate(), Some(0));
 }
+
+/// A story view the cache cannot serve is read from Neo4j, and that is said: counted by
+/// reason in `projector_view_cache_fallbacks_total` and, for a fault, a WARN line (it used
+/// to fall back without a word).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_story_view_falling_back_to_neo4j_is_counted_and_logged() {
+    let t = TestConfig::new();
+    assert!(t.projector(&["streams", "ensure"]).status.success());
+    let js = jetstream::new(nats(&t.cfg).await);
+    t.publish(
+        &js,
+        &[(
+            "planning.story.created",
+            r#"{"story_id":"US-F","title":"fallback"}"#,
+        )],
+    )
+    .await;
+    let run = t.spawn_run_follow_live(&[]);
+    wait_all_acked(&js, &t, "projector-graph-p0").await;
+    let port = run.metrics_port;
+    eventually(30, || async {
+        match get(port, "/v1/stories/US-F") {
+            (200, v) if v["source"] == "cache" => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    let unreadable = ["reason=\"unreadable\""];
+    assert_eq!(
+        run.metric("projector_view_cache_fallbacks_total", &unreadable),
+        0.0
+    );
+    // The cached entry is garbage at the graph's revision: a fault, not a miss.
+    let mut kv = valkey(&t.cfg).await;
+    let () = redis::cmd("SET")
+        .arg(format!("{}:context:US-F", t.tag))
+        .arg("not a story context")
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    let (code, v) = get(port, "/v1/stories/US-F");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["source"], "neo4j", "{v}");
+    assert_eq!(v["title"], "fallback", "{v}");
+    assert_eq!(
+        run.metric("projector_view_cache_fallbacks_total", &unreadable),
+        1.0,
+        "{}",
+        run.metrics()
+    );
+    assert!(
+        run.log()
+            .contains("story view read from Neo4j instead of Valkey"),
+        "{}",
+        run.log()
+    );
+    assert_eq!(run.terminate(), Some(0));
+}
+
+/// `query story` without a reachable Valkey still answers from Neo4j, and says so: a warning
+/// on stderr naming Valkey, and `source: neo4j`.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_story_without_valkey_says_so_and_reads_neo4j() {
+    let t = TestConfig::new();
+    assert!(t.projector(&["streams", "ensure"]).status.success());
+    let js = jetstream::new(nats(&t.cfg).await);
+    t.publish(
+        &js,
+        &[(
+            "planning.story.created",
+            r#"{"story_id":"US-NV","title":"no valkey"}"#,
+        )],
+    )
+    .await;
+    t.run_until_caught_up(&t.main_gen());
+    let closed = format!("redis://127.0.0.1:{}", free_port());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .arg("--config")
+        .arg(&t.path)
+        .args(["query", "story", "US-NV", "--json"])
+        .env("VALKEY_URL", &closed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["source"], "neo4j", "{v}");
+    assert_eq!(v["title"], "no valkey", "{v}");
+    assert!(
+        stderr(&o).contains("Valkey unavailable; reading the story from Neo4j"),
+        "{}",
+        stderr(&o)
+    );
+}

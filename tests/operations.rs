@@ -457,3 +457,35 @@ async fn dlq_commands_on_an_unknown_id_exit_2_naming_it() {
         assert!(stderr(&out).contains(id), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// With partitions, `streams status` shows each partition's holder from the lease bucket;
+/// a bucket it cannot read leaves them unknown, and that is said, not shown as "no holder"
+/// (the error used to be dropped).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_says_holders_are_unknown_when_the_lease_bucket_is_missing() {
+    let t = TestConfig::with(|s| s.replace("count = 1", "count = 2"));
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+    js.delete_key_value(&t.cfg.partitions.lease_bucket)
+        .await
+        .unwrap();
+    let o = t.projector(&["streams", "status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("no holder"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("holder unknown"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "partition holders unknown (lease bucket {}",
+            t.cfg.partitions.lease_bucket
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let o = t.projector(&["streams", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["lease_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+}

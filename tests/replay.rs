@@ -194,3 +194,52 @@ async fn an_interrupted_replay_resumes_and_gives_the_same_hash() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(t.digest(&t.tag), clean);
 }
+
+/// A message on a catalog subject without this deployment's prefix belongs to another
+/// deployment: live parks it as an unknown subject, so a replay and a rebuild must leave it
+/// out too (they used to decode it as if it had the prefix and add its story).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprefixed_subject_is_unknown_to_replays_as_it_is_to_live() {
+    let t = Stranger::config();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+    let h = engine::history::generate(4, 21);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &h, 21)
+        .await
+        .unwrap();
+    let stranger = Stranger::publish(&t, &js).await;
+    t.publish(
+        &js,
+        &[(
+            "planning.story.created",
+            r#"{"story_id":"US-AFTER","title":"after the stranger"}"#,
+        )],
+    )
+    .await;
+    t.run_until_caught_up(&t.tag);
+    let g = neo4j(&t.cfg);
+    assert_eq!(count_nodes(&g, &t.tag, "Story", "id", &stranger).await, 0);
+    assert_eq!(count_nodes(&g, &t.tag, "Story", "id", "US-AFTER").await, 1);
+    let live = t.digest(&t.tag);
+
+    let o = replay(&t, &["--from-seq", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        count_nodes(&g, &t.tag, "Story", "id", &stranger).await,
+        0,
+        "the replay projected a message of another deployment"
+    );
+    assert_eq!(t.digest(&t.tag), live, "replay and live disagree");
+
+    let o = t.projector(&[
+        "verify",
+        "--generation",
+        &t.tag,
+        "--against-rebuild",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+    assert_eq!(v["equal"], true, "rebuild and live disagree: {v}");
+}

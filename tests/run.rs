@@ -595,3 +595,25 @@ async fn query_story_cache_and_graph_paths_agree() {
         stderr(&o)
     );
 }
+
+/// A parked message on a catalog subject without this deployment's prefix stays an unknown
+/// subject when retried, as live saw it: `dlq retry` used to decode it as if it had the
+/// prefix and project another deployment's story.
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_retry_of_an_unprefixed_subject_still_fails_as_live() {
+    let t = Stranger::config();
+    let out = t.projector(&["streams", "ensure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = jetstream::new(nats(&t.cfg).await);
+    let stranger = Stranger::publish(&t, &js).await;
+    t.run_until_caught_up(&t.tag);
+    let g = neo4j(&t.cfg);
+    assert_eq!(
+        count_nodes(&g, &t.tag, "ParkedEvent", "story_id", &stranger).await,
+        1
+    );
+    let r = t.projector(&["dlq", "retry", "--all", "--generation", &t.tag]);
+    assert_eq!(r.status.code(), Some(1), "{}{}", stdout(&r), stderr(&r));
+    assert!(stdout(&r).contains("still failing"), "{}", stdout(&r));
+    assert_eq!(count_nodes(&g, &t.tag, "Story", "id", &stranger).await, 0);
+}

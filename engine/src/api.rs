@@ -34,6 +34,8 @@ pub const MAX_OFFSET: i64 = 1_000_000_000_000;
 struct Api {
     graph: GraphSink,
     cache: Option<CacheSink>,
+    /// The server's metrics, where story views count their cache fallbacks.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Every error answer: a stable machine code and a one-line message for a person.
@@ -143,12 +145,14 @@ struct Page {
 
 impl Page {
     fn params(&self) -> Result<Vec<(&'static str, Value)>, ApiError> {
+        // Not given: the documented default page.
         let limit = self.limit.unwrap_or(100);
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(ApiError::bad(format!(
                 "limit {limit} must be from 1 to {MAX_LIMIT}; page with offset"
             )));
         }
+        // Not given: from the first row.
         let offset = self.offset.unwrap_or(0);
         if !(0..=MAX_OFFSET).contains(&offset) {
             return Err(ApiError::bad(format!(
@@ -219,7 +223,7 @@ struct ApprovalParams {
 }
 
 fn opt(v: &Option<String>) -> Value {
-    v.clone().map(Value::from).unwrap_or(Value::Null)
+    Value::from(v.clone())
 }
 
 impl Api {
@@ -270,13 +274,22 @@ async fn story(
 ) -> Result<Json<StoryResponse>, ApiError> {
     let id = path(id)?;
     let (gen, live) = api.generation(query(p)?.generation).await?;
-    match story_view(&api.graph, api.cache.as_ref(), &gen, live, &id).await {
+    match story_view(
+        &api.graph,
+        api.cache.as_ref(),
+        Some(&api.metrics),
+        &gen,
+        live,
+        &id,
+    )
+    .await
+    {
         Ok(Some((context, source))) => Ok(Json(StoryResponse {
             context,
             generation: gen,
             source: match source {
                 Source::Cache => StorySource::Cache,
-                Source::Neo4j => StorySource::Neo4j,
+                Source::Neo4j(_) => StorySource::Neo4j,
             },
         })),
         Ok(None) => Err(no_story(&id, &gen)),
@@ -356,10 +369,7 @@ async fn tasks(
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Vec<TaskRow>>, ApiError> {
     let p = query(p)?;
-    let status = p
-        .status
-        .map(|s| Value::from(s.as_str()))
-        .unwrap_or(Value::Null);
+    let status = Value::from(p.status.map(|s| s.as_str()));
     let params = vec![("status", status), ("role", opt(&p.role))];
     api.list(views::TASKS, p.generation, page, params)
         .await
@@ -442,8 +452,13 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// The API routes, to merge into the metrics server's router. Its fallbacks answer every
-/// unknown route and method of the merged server with the API's JSON error.
-pub fn router(graph: GraphSink, cache: Option<CacheSink>) -> Router {
+/// unknown route and method of the merged server with the API's JSON error. `metrics` are
+/// the server's, so the story view's cache fallbacks show on its `/metrics`.
+pub fn router(
+    graph: GraphSink,
+    cache: Option<CacheSink>,
+    metrics: crate::metrics::Metrics,
+) -> Router {
     Router::new()
         .route("/v1/stories/{id}", get(story))
         .route("/v1/stories/{id}/timeline", get(timeline))
@@ -453,7 +468,11 @@ pub fn router(graph: GraphSink, cache: Option<CacheSink>) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(Api { graph, cache })
+        .with_state(Api {
+            graph,
+            cache,
+            metrics,
+        })
 }
 
 #[cfg(test)]

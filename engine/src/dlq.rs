@@ -148,28 +148,24 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
             .map_err(|e| WriteError::Nats {
                 message: format!("dead letter {} (seq {}): {e}", p.id, p.dlq_seq),
             })?;
-        let ct = m
-            .headers
-            .get("Content-Type")
-            .map(|v| v.as_str().to_string());
-        let catalog = p
-            .subject
-            .strip_prefix(t.subject_prefix)
-            .unwrap_or(&p.subject);
-        match projections::decode(catalog, ct.as_deref(), &m.payload) {
-            Err(e) => {
+        let stored = projections::ingest::Stored {
+            stream: &p.stream,
+            seq: p.seq,
+            ts_ns: p.ts_ns,
+            subject: &p.subject,
+            content_type: m.headers.get("Content-Type").map(|v| v.as_str()),
+            payload: &m.payload,
+        };
+        match projections::ingest::ingest(t.subject_prefix, &stored) {
+            projections::ingest::Ingested::Rejected { error, .. } => {
                 if let Some(s) = &p.story_id {
                     failed_stories.insert(s.clone());
                 }
-                report.still_failing.push((p.id.clone(), e.to_string()));
+                report.still_failing.push((p.id.clone(), error.to_string()));
             }
-            Ok(ev) => {
-                let env =
-                    projections::Envelope::new(&p.stream, p.seq, catalog, p.ts_ns, &m.payload)
-                        .with_content_type(ct.as_deref());
-                let proj = projections::project(&env, &ev);
-                batch.extend(&proj.graph);
-                for projections::CacheOp::RefreshContext { story_id, .. } in &proj.cache {
+            projections::ingest::Ingested::Projected { projection, .. } => {
+                batch.extend(&projection.graph);
+                for projections::CacheOp::RefreshContext { story_id, .. } in &projection.cache {
                     stories.insert(story_id.clone());
                 }
                 report.projected.push(p.id.clone());
@@ -187,4 +183,54 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
             .await?;
     }
     Ok(report)
+}
+
+/// The ids among `ids` that name no parked event of `projector` in `generation`: a typo
+/// must be refused, not pass for "re-projected 0 events".
+pub async fn not_parked(
+    graph: &crate::sink::graph::GraphSink,
+    generation: &str,
+    projector: &str,
+    ids: &[String],
+) -> Result<Vec<String>, WriteError> {
+    let parked = graph.parked(generation, Some(projector)).await?;
+    Ok(ids
+        .iter()
+        .filter(|id| !parked.iter().any(|p| &p.id == *id))
+        .cloned()
+        .collect())
+}
+
+/// A parked event's message in the dead-letter stream, or why it is not there.
+pub enum Stored {
+    Held(jetstream::message::StreamMessage),
+    /// The stream no longer holds it (its limits removed it): the reason, as NATS says it.
+    Gone(String),
+}
+
+/// Reads message `dlq_seq` of the dead-letter stream. Only a message the stream no longer
+/// holds is an answer ([`Stored::Gone`]); a timeout or a lost connection is an error, not
+/// "payload missing".
+pub async fn stored_message(
+    js: &jetstream::Context,
+    dlq_stream: &str,
+    dlq_seq: u64,
+) -> Result<Stored, WriteError> {
+    let dlq = js
+        .get_stream(dlq_stream)
+        .await
+        .map_err(|e| WriteError::Nats {
+            message: format!("dead-letter stream {dlq_stream}: {e}"),
+        })?;
+    match dlq.get_raw_message(dlq_seq).await {
+        Ok(m) => Ok(Stored::Held(m)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            Ok(Stored::Gone(e.to_string()))
+        }
+        Err(e) => Err(WriteError::Nats {
+            message: format!(
+                "cannot read message {dlq_seq} of the dead-letter stream {dlq_stream}: {e}"
+            ),
+        }),
+    }
 }

@@ -203,6 +203,7 @@ pub fn load(
 
 /// The value an env override left at `key`.
 fn env_value(cfg: &Config, key: &str) -> String {
+    // An override that is not set shows as empty: nothing came from the environment.
     let o = |v: &Option<String>| v.clone().unwrap_or_default();
     match key {
         "nats.url" => cfg.nats.url.clone(),

@@ -64,8 +64,10 @@ pub async fn list(graph: &GraphSink) -> Result<Vec<GenerationInfo>, WriteError> 
                  nodes,
                  stories,
              }| {
+                // Unmarked (built before markers existed): creation time and state unknown.
                 let (created_ms, state) = marks.remove(&generation).unwrap_or((None, None));
                 GenerationInfo {
+                    // No pointer names it: live for nobody.
                     live_for: pointers.get(&generation).cloned().unwrap_or_default(),
                     generation,
                     nodes,

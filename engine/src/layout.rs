@@ -77,7 +77,9 @@ pub fn plan(
     if found.is_empty() || found == wanted {
         return Ok(LayoutPlan::default());
     }
+    // No stored checkpoint at all: nothing was read, position 0.
     let min = existing.values().copied().min().unwrap_or(0);
+    // Likewise.
     let max = existing.values().copied().max().unwrap_or(0);
     if min != max {
         return Err(LayoutError::NotDrained {

@@ -135,6 +135,7 @@ pub async fn holders(kv: &kv::Store, projector: &str) -> Result<Vec<(u32, String
     let mut out = Vec::new();
     while let Some(k) = keys.next().await {
         let k = k.map_err(|e| nats_err("keys")(e.to_string()))?;
+        // Another projector's key, or not a partition lease: not ours to report.
         let Some(p) = k.strip_prefix(&prefix).and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };

@@ -17,6 +17,7 @@ pub mod leases;
 pub mod metrics;
 pub mod migrate;
 pub mod nats;
+pub mod progress;
 pub mod retry;
 pub mod runner;
 pub mod server;

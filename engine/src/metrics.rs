@@ -38,6 +38,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// The process's resident set size (Linux `/proc/self/status`), set at each scrape.
     pub resident_memory: IntGauge,
+    /// Story views served from Neo4j instead of Valkey, by reason
+    /// (`crate::views::Fallback::reason`); every reason exists from the start at zero.
+    pub view_cache_fallbacks: IntCounterVec,
 }
 
 /// Kinds of `projector_write_errors_total` and `projector_retries_total` a worker can count:
@@ -222,6 +225,18 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            view_cache_fallbacks: {
+                let c = counter(
+                    &r,
+                    "projector_view_cache_fallbacks_total",
+                    "Story views read from Neo4j instead of Valkey, by reason (unavailable, unreadable, stale, missing, no_cache)",
+                    &["reason"],
+                );
+                for f in crate::views::Fallback::ALL {
+                    c.with_label_values(&[f.reason()]);
+                }
+                c
+            },
             registry: r,
         }
     }
@@ -280,8 +295,10 @@ impl Metrics {
 
 /// VmRSS from `/proc/self/status`, in bytes.
 fn resident_bytes() -> Option<i64> {
+    // No /proc (not Linux): unknown, which `render` says in a debug line.
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    // A line of another shape: unknown, as above.
     let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -304,6 +321,7 @@ mod tests {
             "projector_partitions_configured{projector=\"graph\"} 6",
             "projector_lag{partition=\"2\",projector=\"graph\",stream=\"S\"} 40",
             "projector_ready 0",
+            "projector_view_cache_fallbacks_total{reason=\"unavailable\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

@@ -131,9 +131,10 @@ pub async fn stage(js: &jetstream::Context, name: &str) -> Result<Option<Stage>,
 /// error) after N steps of this process. Unset in production; read here so that the tests
 /// can stop it between any two steps against a real server.
 fn stop_after() -> Option<u32> {
+    // Unset (production) or not a number: no stop; only the tests set it.
     std::env::var("PROJECTOR_MIGRATE_STOP_AFTER")
-        .ok()
-        .and_then(|v| v.parse().ok())
+        .ok() // unset: no stop
+        .and_then(|v| v.parse().ok()) // not a count: no stop
 }
 
 /// Runs the migration of `spec` from whatever stage the server shows to the end.

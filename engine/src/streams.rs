@@ -65,7 +65,9 @@ pub fn specs(cfg: &Config) -> Vec<StreamSpec> {
             subjects: s.subjects.clone(),
             max_age: s.max_age,
             max_msgs: s.max_msgs,
+            // Not set for this stream: the [stream_defaults] value.
             replicas: s.replicas.unwrap_or(d.replicas),
+            // Likewise.
             duplicate_window: s.duplicate_window.unwrap_or(d.duplicate_window),
             max_bytes: -1,
             mirror_of: None,

@@ -67,6 +67,7 @@ pub async fn rows<T: serde::de::DeserializeOwned>(
 ) -> Result<Vec<T>, WriteError> {
     let v = run(graph, statement, gen, params)
         .await?
+        // A list view always returns one row; none would mean an empty list.
         .unwrap_or(Value::Array(Vec::new()));
     serde_json::from_value(v).map_err(|e| WriteError::Neo4jRefused {
         code: "projector.ViewShape".into(),
@@ -77,14 +78,82 @@ pub async fn rows<T: serde::de::DeserializeOwned>(
 /// Which story view source answered.
 pub enum Source {
     Cache,
-    Neo4j,
+    /// Neo4j, and why the cache did not answer.
+    Neo4j(Fallback),
+}
+
+/// Why a story view was read from Neo4j rather than Valkey. Each one is counted in
+/// `projector_view_cache_fallbacks_total{reason}`; the two faults are also logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Valkey did not answer (a fault: WARN).
+    Unavailable,
+    /// The cached entry is not a story context (a fault: WARN).
+    Unreadable,
+    /// The cached entry was rendered at an older revision than the graph holds.
+    Stale,
+    /// Nothing cached for the story (yet).
+    Missing,
+    /// The reader has no cache (the CLI without Valkey, which says so itself).
+    NoCache,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 5] = [
+        Fallback::Unavailable,
+        Fallback::Unreadable,
+        Fallback::Stale,
+        Fallback::Missing,
+        Fallback::NoCache,
+    ];
+
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Fallback::Unavailable => "unavailable",
+            Fallback::Unreadable => "unreadable",
+            Fallback::Stale => "stale",
+            Fallback::Missing => "missing",
+            Fallback::NoCache => "no_cache",
+        }
+    }
+
+    /// Counts the fallback and, for a fault, logs it: at most once a minute per reason,
+    /// since a broken Valkey would otherwise log once per read.
+    fn emit(self, metrics: Option<&crate::metrics::Metrics>, story: &str, why: &str) {
+        if let Some(m) = metrics {
+            m.view_cache_fallbacks
+                .with_label_values(&[self.reason()])
+                .inc();
+        }
+        if !matches!(self, Fallback::Unavailable | Fallback::Unreadable) {
+            tracing::debug!(story, reason = self.reason(), "story view read from Neo4j");
+            return;
+        }
+        static LAST_WARN: std::sync::Mutex<[Option<std::time::Instant>; 2]> =
+            std::sync::Mutex::new([None; 2]);
+        let i = usize::from(self == Fallback::Unreadable);
+        let mut last = LAST_WARN.lock().unwrap_or_else(|e| e.into_inner());
+        if last[i].is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60)) {
+            return;
+        }
+        last[i] = Some(std::time::Instant::now());
+        tracing::warn!(
+            story,
+            reason = self.reason(),
+            error = why,
+            "story view read from Neo4j instead of Valkey (logged at most once a minute; projector_view_cache_fallbacks_total counts every one)"
+        );
+    }
 }
 
 /// Reads a story's view: Valkey first if it carries the graph's newest version for the
-/// story, else Neo4j (repopulating the cache). `Ok(None)`: no such story.
+/// story, else Neo4j (repopulating the cache). `Ok(None)`: no such story. Every read from
+/// Neo4j is counted in `metrics` (when the caller has them) by its [`Fallback`] reason.
 pub async fn story_view(
     graph: &GraphSink,
     cache: Option<&crate::sink::cache::CacheSink>,
+    metrics: Option<&crate::metrics::Metrics>,
     gen: &str,
     live: bool,
     id: &str,
@@ -95,33 +164,42 @@ pub async fn story_view(
     let Some(rev) = graph.story_rev(gen, id).await? else {
         return Ok(None);
     };
-    let prefix = cache.map(|c| c.gen_prefix(gen, live)).unwrap_or_default();
-    if let Some(c) = cache {
-        if let Ok(Some((bytes, cached_rev))) = c.get_context(&prefix, id).await {
-            if cached_rev == rev {
-                if let Ok(mut cached) =
-                    serde_json::from_slice::<projections::context::StoryContext>(&bytes)
-                {
-                    cached.rev = rev;
-                    return Ok(Some((cached, Source::Cache)));
+    let prefix = cache.map(|c| c.gen_prefix(gen, live));
+    let fallback = match (cache, &prefix) {
+        (Some(c), Some(prefix)) => match c.get_context(prefix, id).await {
+            Err(e) => (Fallback::Unavailable, e.to_string()),
+            Ok(None) => (Fallback::Missing, String::new()),
+            Ok(Some((_, cached_rev))) if cached_rev != rev => (
+                Fallback::Stale,
+                format!("cached at revision {cached_rev}, graph at {rev}"),
+            ),
+            Ok(Some((bytes, _))) => {
+                match serde_json::from_slice::<projections::context::StoryContext>(&bytes) {
+                    Ok(mut cached) => {
+                        cached.rev = rev;
+                        return Ok(Some((cached, Source::Cache)));
+                    }
+                    Err(e) => (Fallback::Unreadable, format!("cached entry: {e}")),
                 }
             }
-        }
-    }
+        },
+        _ => (Fallback::NoCache, String::new()),
+    };
+    fallback.0.emit(metrics, id, &fallback.1);
     let mut found = graph.story_contexts(gen, &[id.to_string()]).await?;
     let Some(ctx) = found.pop() else {
         return Ok(None);
     };
-    if let Some(c) = cache {
+    if let (Some(c), Some(prefix)) = (cache, &prefix) {
         // A failed refresh only costs the next reader a graph read.
         if let Err(e) = c
-            .put_contexts(&prefix, std::slice::from_ref(&ctx), false)
+            .put_contexts(prefix, std::slice::from_ref(&ctx), false)
             .await
         {
             tracing::warn!(error = %e, "could not refresh the cached story view");
         }
     }
-    Ok(Some((ctx, Source::Neo4j)))
+    Ok(Some((ctx, Source::Neo4j(fallback.0))))
 }
 
 /// Parameters of a view query, by name.
@@ -213,6 +291,7 @@ fn edges(v: &Value) -> impl Iterator<Item = [&str; 5]> {
         let e: Vec<&str> = e
             .as_array()?
             .iter()
+            // A null (OPTIONAL MATCH found no neighbour) is an incomplete edge, dropped below.
             .map(|x| x.as_str().unwrap_or(""))
             .collect();
         match e.as_slice() {
@@ -270,6 +349,13 @@ pub fn dot(story: &str, v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_fallback_has_its_own_reason() {
+        let reasons: std::collections::BTreeSet<_> =
+            Fallback::ALL.iter().map(|f| f.reason()).collect();
+        assert_eq!(reasons.len(), Fallback::ALL.len());
+    }
 
     /// The hostile ids of the diagram corpus (also rendered by Graphviz in tests/diagrams.rs).
     pub const HOSTILE: [&str; 14] = [

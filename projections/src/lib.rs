@@ -30,7 +30,7 @@ pub mod project;
 
 pub use decode::{DecodeError, Format, MAX_PAYLOAD_BYTES};
 pub use envelope::Envelope;
-pub use events::{decode, sniff_story_id, Event, CATALOG};
+pub use events::{decode, sniff_story_id, Event, Subject, CATALOG};
 pub use ops::{
     CacheOp, CompactBatch, GraphOp, Group, Label, NodeWrite, Outbound, Projection, Prop, Rel,
     RelWrite, Version,

@@ -1,5 +1,6 @@
 //! Replays, rebuilds, temporal generations and state hashing, on top of the engine.
 
+pub mod generation;
 pub mod hash;
 pub mod rebuild;
 pub mod replay;

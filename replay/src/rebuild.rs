@@ -103,6 +103,7 @@ pub async fn build(
             .graph
             .checkpoint(t.generation, &CheckpointKey::new(projector, stream, 0))
             .await?
+            // No checkpoint: nothing of this stream is in the generation yet.
             .unwrap_or(0);
         let range = StreamRange {
             stream: stream.clone(),

@@ -14,7 +14,8 @@ use engine::error::WriteError;
 use engine::sink::cache::CacheSink;
 use engine::sink::graph::{CheckpointKey, CheckpointMove, GraphSink};
 use futures::StreamExt;
-use projections::{CacheOp, CompactBatch, Envelope};
+use projections::ingest::{ingest, Ingested, Stored};
+use projections::{CacheOp, CompactBatch};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use thiserror::Error;
@@ -169,6 +170,7 @@ pub async fn plan(
             .graph
             .checkpoint(t.generation, &progress_key(req, stream, to))
             .await?
+            // No stored progress: a fresh replay of this range.
             .unwrap_or(0);
         let start = if stored >= req.from_seq {
             stored + 1
@@ -298,26 +300,29 @@ pub async fn replay_stream(
                 done = true;
                 break;
             }
-            let subject = msg.subject.to_string();
             let ct = msg
                 .headers
                 .as_ref()
                 .and_then(|h| h.get("Content-Type"))
-                .map(|v| v.as_str().to_string());
-            let catalog = subject.strip_prefix(t.subject_prefix).unwrap_or(&subject);
-            match projections::decode(catalog, ct.as_deref(), &msg.payload) {
-                Ok(ev) => {
-                    let env = Envelope::new(&range.stream, seq, catalog, ts, &msg.payload)
-                        .with_content_type(ct.as_deref());
-                    let p = projections::project(&env, &ev);
-                    batch.extend(&p.graph);
-                    for CacheOp::RefreshContext { story_id, .. } in &p.cache {
+                .map(|v| v.as_str());
+            let stored = Stored {
+                stream: &range.stream,
+                seq,
+                ts_ns: ts,
+                subject: &msg.subject,
+                content_type: ct,
+                payload: &msg.payload,
+            };
+            match ingest(t.subject_prefix, &stored) {
+                Ingested::Projected { projection, .. } => {
+                    batch.extend(&projection.graph);
+                    for CacheOp::RefreshContext { story_id, .. } in &projection.cache {
                         stories.insert(story_id.clone());
                     }
                     report.projected += 1;
                 }
-                Err(e) => {
-                    tracing::debug!(stream = %range.stream, seq, error = %e, "skipping a message that does not decode (parked by the live projector)");
+                Ingested::Rejected { error, .. } => {
+                    tracing::debug!(stream = %range.stream, seq, error = %error, "skipping a message that does not decode (parked by the live projector)");
                     report.undecodable += 1;
                 }
             }

@@ -28,7 +28,8 @@ pub async fn run(cfg: &Config, cmd: BenchCommand) -> Result<ExitCode, CliError> 
             } else {
                 let mut out = std::io::stdout().lock();
                 for s in &samples {
-                    let _ = writeln!(out, "{} {}", s.subject, s.payload);
+                    writeln!(out, "{} {}", s.subject, s.payload)
+                        .map_err(|e| CliError::Failed(format!("writing the samples: {e}")))?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -99,6 +100,7 @@ async fn load(cfg: &Config, a: LoadArgs) -> Result<ExitCode, CliError> {
             )
             .await
             .map_err(|e| CliError::Failed(format!("publish {}: {e}", s.subject)))?;
+        // The collector stops early only by panicking, which `acks.await` reports below.
         let _ = tx.send((sent, fut));
     }
     drop(tx);
@@ -111,6 +113,7 @@ async fn load(cfg: &Config, a: LoadArgs) -> Result<ExitCode, CliError> {
         waits
             .get(((waits.len() as f64 * p) as usize).min(waits.len().saturating_sub(1)))
             .map(|d| d.as_secs_f64() * 1000.0)
+            // No confirmed publish at all: the failures count says so.
             .unwrap_or(0.0)
     };
     println!(
@@ -169,16 +172,22 @@ async fn ceiling(cfg: &Config, a: CeilingArgs) -> Result<ExitCode, CliError> {
         }
         let list = per_stream.entry(stream).or_default();
         let seq = list.len() as u64 + 1;
-        let env = projections::Envelope::new(
+        let stored = projections::ingest::Stored {
             stream,
             seq,
-            s.subject,
-            base_ns + i as i64 * 1_000,
-            s.payload.as_bytes(),
-        );
-        let event = projections::decode(s.subject, None, s.payload.as_bytes())
-            .map_err(|e| CliError::Failed(format!("generated event does not decode: {e}")))?;
-        list.push(projections::project(&env, &event));
+            ts_ns: base_ns + i as i64 * 1_000,
+            subject: &full,
+            content_type: None,
+            payload: s.payload.as_bytes(),
+        };
+        match projections::ingest::ingest(&cfg.subject_prefix, &stored) {
+            projections::ingest::Ingested::Projected { projection, .. } => list.push(projection),
+            projections::ingest::Ingested::Rejected { error, .. } => {
+                return Err(CliError::Failed(format!(
+                    "generated event does not decode: {error}"
+                )))
+            }
+        }
         events += 1;
     }
     let graph = engine::sink::graph::GraphSink::for_config(cfg)?;

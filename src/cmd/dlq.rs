@@ -61,26 +61,13 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             };
             let client = engine::nats::connect(&cfg.nats).await?;
             let js = async_nats::jetstream::new(client);
-            let dlq = js.get_stream(&cfg.dead_letters.stream).await.map_err(|e| {
-                CliError::Failed(format!(
-                    "dead-letter stream {}: {e}",
-                    cfg.dead_letters.stream
-                ))
-            })?;
-            // Only a message the stream no longer holds (its limits removed it) is an
-            // answer; a timeout or a lost connection is an error, not "payload missing".
-            let message = match dlq.get_raw_message(p.dlq_seq).await {
-                Err(e)
-                    if e.kind()
-                        != async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-                {
-                    return Err(CliError::Failed(format!(
-                        "cannot read message {} of the dead-letter stream {}: {e}",
-                        p.dlq_seq, cfg.dead_letters.stream
-                    )));
-                }
-                m => m,
-            };
+            let message = engine::dlq::stored_message(&js, &cfg.dead_letters.stream, p.dlq_seq)
+                .await
+                .map_err(|e| match e {
+                    // Said as before, without the "NATS: " of the error's own display.
+                    engine::error::WriteError::Nats { message } => CliError::Failed(message),
+                    e => e.into(),
+                })?;
             show(&p, message, &cfg.dead_letters.stream, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -168,12 +155,12 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
 /// when it is UTF-8 (else its size and, with `--json`, its bytes in hex).
 fn show(
     p: &engine::sink::graph::ParkedView,
-    message: Result<async_nats::jetstream::message::StreamMessage, impl std::fmt::Display>,
+    message: engine::dlq::Stored,
     dlq_stream: &str,
     json: bool,
 ) {
     let (headers, payload, missing) = match message {
-        Ok(m) => {
+        engine::dlq::Stored::Held(m) => {
             let mut h: std::collections::BTreeMap<String, Vec<String>> = Default::default();
             for (k, v) in m.headers.iter() {
                 h.insert(
@@ -183,7 +170,7 @@ fn show(
             }
             (h, Some(m.payload), None)
         }
-        Err(e) => (
+        engine::dlq::Stored::Gone(e) => (
             Default::default(),
             None,
             Some(format!("payload not available in {dlq_stream}: {e}")),
@@ -191,6 +178,7 @@ fn show(
     };
     let text = payload
         .as_ref()
+        // Not UTF-8: shown as binary (its size, or hex with --json), not as text.
         .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string));
     if json {
         let v = serde_json::json!({
@@ -262,12 +250,7 @@ async fn unknown_ids(
     projector: &str,
     ids: &[String],
 ) -> Result<(), CliError> {
-    let parked = graph.parked(generation, Some(projector)).await?;
-    let unknown: Vec<&str> = ids
-        .iter()
-        .filter(|id| !parked.iter().any(|p| &p.id == *id))
-        .map(String::as_str)
-        .collect();
+    let unknown = engine::dlq::not_parked(graph, generation, projector, ids).await?;
     if unknown.is_empty() {
         return Ok(());
     }

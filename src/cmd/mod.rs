@@ -31,6 +31,8 @@ pub enum CliError {
     Write(#[from] engine::error::WriteError),
     #[error(transparent)]
     Replay(#[from] ::replay::replay::ReplayError),
+    #[error(transparent)]
+    Rebuild(#[from] ::replay::generation::RebuildError),
     #[error("{0}")]
     Failed(String),
 }
@@ -42,6 +44,7 @@ impl CliError {
             CliError::Connect(engine::nats::ConnectError::BadUrl { .. }) => 2,
             CliError::Run(e) if e.needs_operator() => 2,
             CliError::Replay(e) if e.is_bad_input() => 2,
+            CliError::Rebuild(e) if e.is_bad_input() => 2,
             _ => 1,
         }
     }

@@ -15,7 +15,7 @@ fn print_json(v: &impl serde::Serialize) {
 }
 
 fn opt(v: Option<String>) -> Value {
-    v.map(Value::from).unwrap_or(Value::Null)
+    Value::from(v)
 }
 
 fn paged(mut params: views::Params, page: &Page) -> views::Params {
@@ -68,6 +68,7 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
                     vec![("id", id.clone().into())],
                 )
                 .await?
+                // No row: no neighbourhood, an empty diagram.
                 .unwrap_or(Value::Array(Vec::new()));
                 print!(
                     "{}",
@@ -87,13 +88,14 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
                     None
                 }
             };
-            let Some((ctx, source)) = story_view(&graph, cache.as_ref(), &gen, live, &id).await?
+            let Some((ctx, source)) =
+                story_view(&graph, cache.as_ref(), None, &gen, live, &id).await?
             else {
                 return Ok(no_story(&id, &gen, live));
             };
             let source = match source {
                 Source::Cache => "cache",
-                Source::Neo4j => "neo4j",
+                Source::Neo4j(_) => "neo4j",
             };
             if target.json || format == StoryFormat::Json {
                 let mut v = serde_json::to_value(&ctx).expect("serializable");
@@ -137,7 +139,7 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
             page,
             target,
         } => {
-            let since_ms = since.map(Value::from).unwrap_or(Value::Null);
+            let since_ms = Value::from(since);
             let (graph, gen, _) = connect(cfg, &target).await?;
             let params = paged(vec![("story", opt(story)), ("since", since_ms)], &page);
             let rows: Vec<DecisionRow> =
@@ -240,18 +242,20 @@ pub fn render_story(ctx: &StoryContext, gen: &str, source: &str) -> String {
     let mut o = String::new();
     let indent = |t: String| -> String { t.lines().map(|l| format!("  {l}\n")).collect() };
     // Writing into a String cannot fail.
-    let _ = writeln!(
+    writeln!(
         o,
         "Story {}  {:?}  phase {}   (generation {gen}, from {source})",
         ctx.story_id,
         u(ctx.title.as_deref()),
         u(ctx.phase.as_deref())
-    );
-    let _ = writeln!(
+    )
+    .expect("a String takes every write");
+    writeln!(
         o,
         "Phase history ({}):",
         count(ctx.phase_history.len(), "change", "changes")
-    );
+    )
+    .expect("a String takes every write");
     if !ctx.phase_history.is_empty() {
         o.push_str(&indent(table(
             &["AT", "FROM", "TO", "BY"],
@@ -266,7 +270,8 @@ pub fn render_story(ctx: &StoryContext, gen: &str, source: &str) -> String {
         )));
     }
     let current = ctx.current_plan().map(|p| p.plan_id.clone());
-    let _ = writeln!(o, "Plans ({}):", count(ctx.plans.len(), "plan", "plans"));
+    writeln!(o, "Plans ({}):", count(ctx.plans.len(), "plan", "plans"))
+        .expect("a String takes every write");
     if !ctx.plans.is_empty() {
         o.push_str(&indent(table(
             &["", "PLAN", "VERSION", "APPROVALS"],
@@ -306,13 +311,14 @@ pub fn render_story(ctx: &StoryContext, gen: &str, source: &str) -> String {
             "  no plan is approved yet\n"
         });
     }
-    let _ = writeln!(
+    writeln!(
         o,
         "Tasks ({}: {} open, {} failed):",
         count(ctx.tasks.len(), "task", "tasks"),
         ctx.open_tasks().count(),
         ctx.failed_tasks().count()
-    );
+    )
+    .expect("a String takes every write");
     if !ctx.tasks.is_empty() {
         o.push_str(&indent(table(
             &["TASK", "ROLE", "STATUS", "AGENT", "TITLE"],
@@ -327,11 +333,12 @@ pub fn render_story(ctx: &StoryContext, gen: &str, source: &str) -> String {
             }),
         )));
     }
-    let _ = writeln!(
+    writeln!(
         o,
         "Decisions ({}):",
         count(ctx.decisions.len(), "decision", "decisions")
-    );
+    )
+    .expect("a String takes every write");
     if !ctx.decisions.is_empty() {
         o.push_str(&indent(table(
             &["DECIDED AT", "DECISION", "BY", "TITLE", "RATIONALE"],
@@ -346,11 +353,12 @@ pub fn render_story(ctx: &StoryContext, gen: &str, source: &str) -> String {
             }),
         )));
     }
-    let _ = writeln!(
+    writeln!(
         o,
         "Milestones ({}):",
         count(ctx.milestones.len(), "milestone", "milestones")
-    );
+    )
+    .expect("a String takes every write");
     if !ctx.milestones.is_empty() {
         o.push_str(&indent(table(
             &["REACHED AT", "MILESTONE"],

@@ -67,6 +67,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         engine::runner::shutdown_signal().await;
+        // The replay may have ended and dropped the receiver: then nobody needs the stop.
         let _ = stop_tx.send(true);
     });
     let tty = std::io::stderr().is_terminal();

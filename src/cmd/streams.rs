@@ -3,6 +3,7 @@
 use super::CliError;
 use crate::cli::StreamsCommand;
 use engine::config::Config;
+use engine::progress::Progress;
 use engine::streams::{self, Ensured};
 use std::process::ExitCode;
 
@@ -85,19 +86,31 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 }
             }
             let st = streams::status(&js, &specs).await?;
-            let progress = projector_progress(cfg, &js, args.generation.as_deref(), &st).await;
+            let progress =
+                engine::progress::progress(cfg, &js, args.generation.as_deref(), &st).await;
             if args.json {
                 // Unknown is null, not empty: an empty list would say "nothing was lost".
-                let (projectors, lost, neo4j_error) = match &progress {
-                    Ok((p, l, _)) => (Some(p.clone()), Some(l.clone()), None),
-                    Err(e) => (None, None, Some(e.to_string())),
+                let (projectors, lost, generation, lease_error, neo4j_error) = match &progress {
+                    Ok(p) => (
+                        Some(p.partitions.clone()),
+                        Some(p.lost.clone()),
+                        Some(p.generation.clone()),
+                        p.lease_error.clone(),
+                        None,
+                    ),
+                    Err(e) => (None, None, None, None, Some(e.to_string())),
                 };
+                if let Some(e) = &lease_error {
+                    eprintln!("warning: partition holders unknown ({e}); every holder is null");
+                }
                 let v = serde_json::json!({
                     "streams": st,
-                    "generation": progress.as_ref().map(|p| p.2.clone()).ok(),
+                    "generation": generation,
                     "projectors": projectors,
                     "lost_ranges": lost,
                     "neo4j_error": neo4j_error,
+                    // Set when the holders could not be read: a null holder then means unknown.
+                    "lease_error": lease_error,
                 });
                 println!(
                     "{}",
@@ -117,6 +130,7 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 println!(
                     "{:<22} {:<8} {:>10} {:>12} {:>10} {:>10}{}",
                     s.name,
+                    // Storage the server did not report: unknown, shown as before.
                     s.storage.as_deref().unwrap_or("?"),
                     s.messages,
                     s.bytes,
@@ -141,34 +155,37 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 }
             }
             match &progress {
-                Ok((projectors, lost, generation)) => {
+                Ok(Progress {
+                    partitions,
+                    lost,
+                    generation,
+                    lease_error,
+                }) => {
                     println!("\nPROJECTOR CHECKPOINTS (generation {generation})");
-                    for p in projectors {
-                        let owner = match &p["holder"] {
-                            serde_json::Value::String(h) => format!("  held by {h}"),
-                            serde_json::Value::Null if cfg.partitions.count > 1 => {
-                                "  no holder".into()
-                            }
-                            _ => String::new(),
+                    if let Some(e) = lease_error {
+                        eprintln!(
+                            "warning: partition holders unknown ({e}); shown as \"holder unknown\""
+                        );
+                    }
+                    for p in partitions {
+                        let owner = match &p.holder {
+                            Some(h) => format!("  held by {h}"),
+                            None if lease_error.is_some() => "  holder unknown".into(),
+                            None if cfg.partitions.count > 1 => "  no holder".into(),
+                            None => String::new(),
+                        };
+                        let checkpoint = match p.checkpoint {
+                            Some(c) => c.to_string(),
+                            None => "none".into(),
                         };
                         println!(
                             "  {:<10} {:<22} p{:<3} checkpoint {:>10}  lag {:>8}{owner}",
-                            p["projector"].as_str().unwrap_or(""),
-                            p["stream"].as_str().unwrap_or(""),
-                            p["partition"].as_u64().unwrap_or(0),
-                            p["checkpoint"]
-                                .as_u64()
-                                .map(|c| c.to_string())
-                                .unwrap_or_else(|| "none".into()),
-                            p["lag"].to_string()
+                            p.projector, p.stream, p.partition, checkpoint, p.lag
                         );
-                        if p["stream_reset"].as_bool() == Some(true) {
+                        if p.stream_reset {
                             println!(
-                                "  STREAM RESET {} {}: checkpoint {} is past the stream's last sequence {} (deleted and recreated?); the worker halts. Rebuild, or run with --accept-stream-reset",
-                                p["projector"].as_str().unwrap_or(""),
-                                p["stream"].as_str().unwrap_or(""),
-                                p["checkpoint"],
-                                p["stream_last"]
+                                "  STREAM RESET {} {}: checkpoint {checkpoint} is past the stream's last sequence {} (deleted and recreated?); the worker halts. Rebuild, or run with --accept-stream-reset",
+                                p.projector, p.stream, p.stream_last
                             );
                         }
                     }
@@ -178,11 +195,11 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                     for l in lost {
                         println!(
                             "  LOST RANGE {} {} seq {}..={} ({})",
-                            l["projector"].as_str().unwrap_or(""),
-                            l["stream"].as_str().unwrap_or(""),
-                            l["from"],
-                            l["to"],
-                            if l["halted"].as_bool() == Some(true) {
+                            l.projector,
+                            l.stream,
+                            l.from,
+                            l.to,
+                            if l.halted {
                                 "projector halted"
                             } else {
                                 "skipped"
@@ -207,63 +224,4 @@ fn status_exit(progress: &Result<Progress, engine::error::WriteError>) -> ExitCo
             ExitCode::from(1)
         }
     }
-}
-
-type Progress = (Vec<serde_json::Value>, Vec<serde_json::Value>, String);
-
-/// Checkpoints (with lag) per partition, the instance holding each partition's lease, and
-/// lost ranges of a generation.
-async fn projector_progress(
-    cfg: &Config,
-    js: &async_nats::jetstream::Context,
-    generation: Option<&str>,
-    st: &[streams::StreamStatus],
-) -> Result<Progress, engine::error::WriteError> {
-    use engine::sink::graph::{CheckpointKey, GraphSink};
-    let g = GraphSink::for_config(cfg)?;
-    engine::sink::ready::wait_ready(&g, cfg.neo4j.connect_timeout).await?;
-    let generation = match generation {
-        Some(x) => x.to_string(),
-        None => engine::generations::live(&g).await?,
-    };
-    let generation = generation.as_str();
-    let kv = if cfg.partitions.count > 1 {
-        js.get_key_value(&cfg.partitions.lease_bucket).await.ok()
-    } else {
-        None
-    };
-    let mut projectors = Vec::new();
-    for p in &cfg.projectors {
-        let holders: std::collections::BTreeMap<u32, String> = match &kv {
-            Some(kv) => engine::leases::holders(kv, &p.name)
-                .await?
-                .into_iter()
-                .collect(),
-            None => Default::default(),
-        };
-        for s in &p.streams {
-            let found = st.iter().find(|x| &x.name == s && x.exists);
-            let last = found.map(|x| x.last_seq).unwrap_or(0);
-            for part in 0..cfg.partitions.count {
-                let ckpt = g
-                    .checkpoint(generation, &CheckpointKey::new(&p.name, s, part))
-                    .await?;
-                projectors.push(serde_json::json!({
-                    "projector": p.name, "stream": s, "partition": part,
-                    "holder": holders.get(&part),
-                    "checkpoint": ckpt, "lag": last.saturating_sub(ckpt.unwrap_or(0)),
-                    "stream_last": last,
-                    // The worker halts on this (WorkerError::StreamReset).
-                    "stream_reset": found.is_some() && ckpt.is_some_and(|c| c > last),
-                }));
-            }
-        }
-    }
-    let lost = g
-        .lost_ranges(generation)
-        .await?
-        .into_iter()
-        .map(|(p, s, f, t, h)| serde_json::json!({"projector": p, "stream": s, "from": f, "to": t, "halted": h}))
-        .collect();
-    Ok((projectors, lost, generation.to_string()))
 }

@@ -38,6 +38,7 @@ pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
+        // A clock before 1970: the process id still tells two runs apart.
         .unwrap_or(0);
     let tmp = format!("verify-{}-{nanos}", std::process::id());
     // SIGINT/SIGTERM stop the build gracefully (it listens too); this flag only tells the
@@ -104,7 +105,7 @@ async fn compare_with_rebuild(
 ) -> Result<(replay::hash::GraphDigest, Vec<String>), CliError> {
     let mut diffs = Vec::new();
     for p in &cfg.projectors {
-        super::rebuild::build_generation(cfg, &p.name, tmp, None, 2000).await?;
+        replay::generation::build_generation(cfg, &p.name, tmp, None, 2000).await?;
     }
     let fresh = replay::hash::graph_digest(sink, tmp).await?;
     if fresh.hash != hash {

@@ -117,6 +117,37 @@ impl TestConfig {
     }
 }
 
+/// Another deployment's message in this test's planning stream: a stream that also captures
+/// the bare catalog subject `planning.story.created` (created by `streams ensure`), and a
+/// story published on it without the prefix.
+pub struct Stranger;
+
+impl Stranger {
+    /// This test's config with the planning stream also capturing the bare subject.
+    pub fn config() -> TestConfig {
+        TestConfig::with(|s| {
+            s.replace(
+                ".planning.>\"]",
+                ".planning.>\", \"planning.story.created\"]",
+            )
+        })
+    }
+
+    /// Publishes a story on the bare subject; returns its id.
+    pub async fn publish(t: &TestConfig, js: &async_nats::jetstream::Context) -> String {
+        let stranger = format!("{}-STRANGER", t.upper);
+        js.publish(
+            "planning.story.created",
+            format!(r#"{{"story_id":"{stranger}","title":"not ours"}}"#).into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        stranger
+    }
+}
+
 /// The drop guard: a test's streams (its tag's `T<hex>_*` names, the lease bucket's
 /// `KV_T<hex>_*`, a migration's `_MIGRATING`) and with them their consumers are deleted when
 /// its `TestConfig` goes, whether the test passed or panicked. `dev/check-nats-leftovers`

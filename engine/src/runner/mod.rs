@@ -155,6 +155,7 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     {
+        // Err: no signal handler could be installed; shutting down is then the right answer.
         let _ = ctrl_c.await;
     }
 }
@@ -190,6 +191,7 @@ pub async fn run(
     let server_stop = {
         let mut rx = stop_rx.clone();
         async move {
+            // Err: the sender is gone, which also means stop.
             let _ = rx.wait_for(|s| *s).await;
         }
     };
@@ -208,6 +210,7 @@ pub async fn run(
         app = app.merge(crate::api::router(
             shared.graph.clone(),
             Some(shared.cache.clone()),
+            metrics.clone(),
         ));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -338,7 +341,7 @@ async fn watch_caught_up(
         }
         if all {
             tracing::info!("every worker is caught up");
-            let _ = stop.send(true);
+            stop.send_replace(true);
             return;
         }
     }

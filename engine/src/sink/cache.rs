@@ -177,8 +177,10 @@ impl CacheSink {
                 .await
                 .map_err(self.err())?;
             for (k, v) in chunk.iter().zip(values) {
+                // SCAN matched `{key_prefix}*`, so the prefix is always there.
                 h.update(k.strip_prefix(key_prefix).unwrap_or(k).as_bytes());
                 h.update(b"\x00");
+                // A key that expired between SCAN and MGET hashes as empty, as it now is.
                 h.update(v.unwrap_or_default());
                 h.update(b"\n");
             }

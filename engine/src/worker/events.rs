@@ -61,6 +61,7 @@ impl Worker {
             let subject = it
                 .subject
                 .strip_prefix(self.cfg.subject_prefix.as_str())
+                // An unprefixed (unknown) subject is counted under its own name.
                 .unwrap_or(&it.subject);
             self.sh
                 .metrics

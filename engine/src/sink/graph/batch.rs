@@ -50,6 +50,7 @@ pub(super) fn list(items: impl IntoIterator<Item = BoltType>) -> BoltType {
 pub(super) fn opt(s: &Option<String>) -> BoltType {
     s.as_deref()
         .map(BoltType::from)
+        // Not a dropped error: an absent value is written as null.
         .unwrap_or(BoltType::Null(BoltNull))
 }
 
