@@ -330,3 +330,63 @@ async fn on_error_halt_names_the_offending_event_not_the_first_of_its_batch() {
         "halt parks nothing"
     );
 }
+
+/// A permanent error after the Neo4j commit (#17 item 3): the graph already holds the group,
+/// so nothing is parked and no checkpoint moves back; the run halts saying so. A milestone
+/// node of the wrong shape makes the story's context unreadable, so the Valkey step fails
+/// after the graph commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_after_the_graph_commit_parks_nothing_and_keeps_the_checkpoint() {
+    let _g = SERIAL.lock().await;
+    let (t, js) = setup().await;
+    let g = neo4j(&t.cfg);
+    g.run(
+        neo4rs::query(
+            "CREATE (:Story {gen: $gen, id: 'US-P'})-[:REACHED]->(:Milestone {gen: $gen, id: 'US-P:X', name: 42})",
+        )
+        .param("gen", t.tag.clone()),
+    )
+    .await
+    .unwrap();
+    t.publish(
+        &js,
+        &[
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-OK","title":"fine"}"#,
+            ),
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-P","title":"its context cannot be read"}"#,
+            ),
+        ],
+    )
+    .await;
+    let out = t.projector(&["run", "--generation", &t.tag, "--metrics-addr", "off"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ContextShape"), "{err}");
+    let gen = t.tag.clone();
+    assert_eq!(
+        count_nodes(&g, &gen, "ParkedEvent", "story_id", "US-P").await
+            + count_nodes(&g, &gen, "ParkedEvent", "story_id", "US-OK").await,
+        0,
+        "committed events are never parked"
+    );
+    let mut rows = g
+        .execute(
+            neo4rs::query(
+                "MATCH (c:Checkpoint {gen: $gen}) WHERE c.stream = $s RETURN c.seq AS seq",
+            )
+            .param("gen", gen.clone())
+            .param("s", t.stream("PLANNING_EVENTS")),
+        )
+        .await
+        .unwrap();
+    let seq: i64 = rows.next().await.unwrap().unwrap().get("seq").unwrap();
+    assert_eq!(
+        seq, 2,
+        "the checkpoint holds the committed group, never less"
+    );
+    assert_eq!(count_nodes(&g, &gen, "Story", "id", "US-OK").await, 1);
+}

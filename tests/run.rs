@@ -617,3 +617,55 @@ async fn dlq_retry_of_an_unprefixed_subject_still_fails_as_live() {
     assert!(stdout(&r).contains("still failing"), "{}", stdout(&r));
     assert_eq!(count_nodes(&g, &t.tag, "Story", "id", &stranger).await, 0);
 }
+
+/// `--on-error halt` covers input, not only refused writes (#17 item 7): a payload that does
+/// not decode halts the run naming it; what came before it is committed, nothing is parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_error_halt_halts_on_a_malformed_payload_too() {
+    let (t, js) = setup().await;
+    t.publish(
+        &js,
+        &[
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-H1","title":"before"}"#,
+            ),
+            ("planning.story.created", "{not json"),
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-H2","title":"after"}"#,
+            ),
+        ],
+    )
+    .await;
+    let out = t.projector(&[
+        "run",
+        "--generation",
+        &t.tag,
+        "--on-error",
+        "halt",
+        "--metrics-addr",
+        "off",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let planning = t.stream("PLANNING_EVENTS");
+    assert!(
+        err.contains(&format!("{planning} seq 2 ("))
+            && err.contains("halting as --on-error halt says"),
+        "the halt names seq 2 and why: {err}"
+    );
+    let g = neo4j(&t.cfg);
+    let gen = t.tag.clone();
+    assert_eq!(count_nodes(&g, &gen, "Story", "id", "US-H1").await, 1);
+    assert_eq!(count_nodes(&g, &gen, "Story", "id", "US-H2").await, 0);
+    let mut rows = g
+        .execute(
+            neo4rs::query("MATCH (p:ParkedEvent {gen: $gen}) RETURN count(p) AS n")
+                .param("gen", gen),
+        )
+        .await
+        .unwrap();
+    let n: i64 = rows.next().await.unwrap().unwrap().get("n").unwrap();
+    assert_eq!(n, 0, "halt parks nothing");
+}

@@ -56,7 +56,11 @@ pub enum Action {
 
 /// Codes of [`WriteError::Neo4jRefused`] that projector itself raises when what Neo4j
 /// returned has the wrong shape: a bug in a query or a reader, not a refusal of an event.
-pub const OUR_BUG_CODES: [&str; 2] = ["projector.RowShape", "projector.ContextShape"];
+pub const OUR_BUG_CODES: [&str; 3] = [
+    "projector.RowShape",
+    "projector.ContextShape",
+    "projector.CommitShape",
+];
 
 impl WriteError {
     /// What to do about this error: the whole failure disposition, in one exhaustive match.
@@ -196,6 +200,7 @@ mod tests {
             ),
             (refused("projector.RowShape"), Action::Halt),
             (refused("projector.ContextShape"), Action::Halt),
+            (refused("projector.CommitShape"), Action::Halt),
         ];
         for (e, want) in table {
             assert_eq!(e.action(), want, "{e}");

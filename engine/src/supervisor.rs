@@ -16,6 +16,8 @@ pub struct Ended {
     /// `projector/partition`.
     pub name: String,
     pub result: Result<Exit, WorkerError>,
+    /// It did not end by itself: aborted at the shutdown deadline.
+    pub aborted: bool,
 }
 
 /// Spawns workers and joins them, one stop switch each.
@@ -23,7 +25,8 @@ pub struct Ended {
 pub struct Supervisor {
     set: JoinSet<Result<Exit, WorkerError>>,
     running: BTreeMap<Id, (Key, String)>,
-    stops: BTreeMap<Key, watch::Sender<bool>>,
+    /// The stop switch of the worker running under a key, with its task id.
+    stops: BTreeMap<Key, (Id, watch::Sender<bool>)>,
 }
 
 impl Supervisor {
@@ -40,7 +43,7 @@ impl Supervisor {
         let (stop, rx) = watch::channel(false);
         let handle = self.set.spawn(run(rx));
         self.running.insert(handle.id(), (key, name));
-        self.stops.insert(key, stop);
+        self.stops.insert(key, (handle.id(), stop));
     }
 
     /// Whether the worker `key` runs.
@@ -56,7 +59,7 @@ impl Supervisor {
     pub fn stop(&self, key: &Key) -> bool {
         match self.stops.get(key) {
             // Never fails: it also stores the value when the worker already ended.
-            Some(s) => {
+            Some((_, s)) => {
                 s.send_replace(true);
                 true
             }
@@ -75,6 +78,7 @@ impl Supervisor {
     /// with [`WorkerError::Fatal`] naming it.
     pub async fn join_next(&mut self) -> Option<Ended> {
         let joined = self.set.join_next_with_id().await?;
+        let aborted = matches!(&joined, Err(e) if e.is_cancelled());
         let (id, result) = match joined {
             Ok((id, r)) => (id, r),
             Err(e) => {
@@ -96,7 +100,10 @@ impl Supervisor {
             .running
             .remove(&id)
             .expect("every task of the set was spawned with its key");
-        self.stops.remove(&key);
+        // Only this task's switch: a worker spawned again under the key keeps its own.
+        if self.stops.get(&key).is_some_and(|(owner, _)| *owner == id) {
+            self.stops.remove(&key);
+        }
         let result = result.map_err(|e| match e {
             WorkerError::Fatal { stream, error } if stream.is_empty() => WorkerError::Fatal {
                 stream: name.clone(),
@@ -104,7 +111,12 @@ impl Supervisor {
             },
             e => e,
         });
-        Some(Ended { key, name, result })
+        Some(Ended {
+            key,
+            name,
+            result,
+            aborted,
+        })
     }
 
     /// Aborts every worker and waits until all are gone (a commit in flight must not land

@@ -105,11 +105,22 @@ async fn check_retention(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Result<(), RunError> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
     use async_nats::jetstream::stream::RetentionPolicy;
     let mut s = match js.get_stream(stream).await {
         Ok(s) => s,
         // A missing stream is the workers' to report (they retry until it exists).
-        Err(_) => return Ok(()),
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+            if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(())
+        }
+        Err(e) => {
+            return Err(RunError::Write(WriteError::Nats {
+                message: format!("get stream {stream}: {e}"),
+            }))
+        }
     };
     let info = s.info().await.map_err(|e| WriteError::Nats {
         message: format!("stream info on stream {stream}: {e}"),
@@ -135,7 +146,8 @@ pub async fn connect(cfg: &Config, health: Health, metrics: Metrics) -> Result<S
         health,
         blocked: Arc::new(Mutex::new(BTreeMap::new())),
         graph_gate: Arc::new(tokio::sync::Semaphore::new(
-            cfg.neo4j.max_concurrent_writes.max(1),
+            // At least 1 by config validation (`[neo4j] max_concurrent_writes`).
+            cfg.neo4j.max_concurrent_writes,
         )),
         renders: Default::default(),
     })

@@ -76,7 +76,7 @@ impl Loop<'_> {
     /// One lease round of projector `i`.
     async fn upkeep(&mut self, i: usize, l: &mut Leases) {
         let p = &self.projectors[i];
-        let upkeep = format!("{}/lease-upkeep", p.name);
+        let upkeep = format!("{}/leases", p.name);
         let ch = match l.tick().await {
             Ok(ch) => {
                 self.shared.health.update(&upkeep, |h| {
@@ -116,6 +116,15 @@ impl Loop<'_> {
         }
         let gen = self.base.generation;
         for part in ch.acquired {
+            if self.sup.holds(&(i, part)) {
+                // Its previous worker here (stopped when the lease was lost) still finishes its
+                // group: give the lease back and take it in a later round, one writer at a time.
+                tracing::warn!(projector = %p.name, partition = part, "partition acquired again while its previous worker still stops; giving it back for now");
+                if let Err(e) = l.release(part).await {
+                    tracing::warn!(projector = %p.name, partition = part, error = %e, "cannot release the lease; it expires by itself");
+                }
+                continue;
+            }
             // Stories parked by the partition's previous holder stay blocked here.
             match self.shared.graph.blocked_stories(gen, &p.name).await {
                 Ok(b) => self.sh[i]
@@ -265,8 +274,15 @@ pub(super) async fn supervise(
                 tracing::error!(secs = base.opts.shutdown_timeout.as_secs(), "shutdown deadline passed with groups in flight; they were not acked and will be redelivered");
                 // Waits until the aborted workers are gone before the leases are released:
                 // a commit still in flight must not land after another instance took over.
-                let aborted = lp.sup.abort_all().await;
-                tracing::warn!(workers = aborted.len(), "workers aborted at the deadline");
+                for ended in lp.sup.abort_all().await {
+                    match ended.result {
+                        Ok(exit) => exits.push((ended.name, exit)),
+                        // Aborted: its group was not acked (logged above), not a failure.
+                        Err(_) if ended.aborted => {}
+                        // One that halted just as the deadline passed is kept.
+                        Err(e) => errors.push(e),
+                    }
+                }
                 break;
             }
         }

@@ -71,6 +71,7 @@ impl Worker {
         }
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
+            // A clock before 1970: latencies read as 0 (clamped below), nothing else is lost.
             .map_or(0, |d| d.as_nanos() as i64);
         for it in items
             .iter()

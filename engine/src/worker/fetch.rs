@@ -103,7 +103,9 @@ impl Worker {
                 .map(|(i, m)| async move { (i, m.next().await) }.boxed())
                 .collect();
             if waits.is_empty() {
-                // Every source broke: the caller positions them again.
+                // No source has a message stream (each is positioned at start and after an
+                // anomaly, so this only lasts while stopping): wait, do not spin.
+                tokio::time::sleep(self.cfg.idle).await;
                 return Vec::new();
             }
             let mut sd = self.shutdown.clone();

@@ -208,8 +208,9 @@ impl Worker {
         }
     }
 
+    /// Shutdown requested, or nobody can request it any more (the supervisor is gone).
     fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        *self.shutdown.borrow() || self.shutdown.has_changed().is_err()
     }
 
     /// The retry loop for a step of one stream (counted under its name).
@@ -247,6 +248,8 @@ impl Worker {
             self.sh.health.update(&s.name, |h| h.connected = false);
             self.sh.metrics.init_worker(&self.cfg.projector, &s.stream);
         }
+        // The label of the partition's transaction steps (see `group_retrier`).
+        self.sh.metrics.init_worker(&self.cfg.projector, "*");
         loop {
             if self.stopping() {
                 return Ok(self.exit());
@@ -284,6 +287,19 @@ impl Worker {
             if fetched.is_empty() {
                 continue;
             }
+            // The lag counts what is fetched but not committed: set after a commit alone, it
+            // would read 0 while the next group (already delivered) is still being written.
+            for f in &fetched {
+                if let Some(head) = f
+                    .raw
+                    .last()
+                    .and_then(|m| m.info().ok())
+                    .map(|i| i.stream_sequence + i.pending)
+                {
+                    let lag = head.saturating_sub(self.sources[f.src].checkpoint);
+                    self.set_lag(f.src, lag);
+                }
+            }
             let started = Instant::now();
             let (items, anomalies) = self.route(fetched).await?;
             if !items.is_empty() {
@@ -291,6 +307,11 @@ impl Worker {
                 if std::mem::take(&mut self.reposition) {
                     return Ok(false);
                 }
+            }
+            // A group interrupted by shutdown is not committed: a hole found behind it must
+            // not move a checkpoint past its events.
+            if self.stopping() {
+                return Ok(true);
             }
             for (src, anomaly) in anomalies {
                 self.handle_anomaly(src, anomaly).await?;

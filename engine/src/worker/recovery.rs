@@ -30,7 +30,39 @@ impl Worker {
         items: Vec<Item>,
         started: Instant,
     ) -> Result<(), WorkerError> {
-        let items = self.skip_elsewhere(items).await;
+        let mut items = self.skip_elsewhere(items).await;
+        if self.cfg.on_error == OnError::Halt {
+            // `--on-error halt` covers input too (a payload that does not decode, an unknown
+            // subject, a story blocked by an earlier run's parked event): what comes before
+            // the first such event commits, and the run halts on it with nothing parked.
+            if let Some(k) = items
+                .iter()
+                .position(|it| matches!(it.route, Route::Park { .. }))
+            {
+                let rest = items.split_off(k);
+                if !items.is_empty() {
+                    self.commit_routed(items, started).await?;
+                    if self.reposition {
+                        return Ok(());
+                    }
+                }
+                let it = &rest[0];
+                let Route::Park { kind, reason, .. } = &it.route else {
+                    unreachable!("found as a Park route above");
+                };
+                return Err(self.halted(it, &format!("{kind}: {reason}")));
+            }
+        }
+        self.commit_routed(items, started).await
+    }
+
+    /// Commits routed items (no `--on-error halt` check): acks them once committed, or
+    /// recovers as the failure says.
+    async fn commit_routed(
+        &mut self,
+        items: Vec<Item>,
+        started: Instant,
+    ) -> Result<(), WorkerError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -138,7 +170,7 @@ impl Worker {
             }
             let e = f.error;
             if self.cfg.on_error == OnError::Halt {
-                return Err(self.halted(&item, &e));
+                return Err(self.halted(&item, &e.to_string()));
             }
             tracing::error!(worker = %self.name, stream = %self.sources[item.src].stream, seq = item.seq, subject = %item.subject, story = ?item.story(), error = %e, "write refused; parking the event");
             let story = item.story().map(str::to_string);
@@ -186,8 +218,8 @@ impl Worker {
         }
     }
 
-    /// `--on-error halt`: the offending event, named.
-    fn halted(&self, item: &Item, e: &WriteError) -> WorkerError {
+    /// `--on-error halt`: the offending event, named, with what is wrong with it.
+    fn halted(&self, item: &Item, e: &str) -> WorkerError {
         let stream = self.sources[item.src].stream.clone();
         tracing::error!(worker = %self.name, stream = %stream, seq = item.seq, subject = %item.subject, story = ?item.story(), error = %e, "halting as --on-error halt says");
         let err = WorkerError::Halted {
@@ -264,7 +296,14 @@ impl Worker {
             Anomaly::Broken(why) => {
                 tracing::warn!(worker = %name, error = %why, "consumer stream error; repositioning");
             }
-            Anomaly::Gap { from, to } => self.handle_gap(src, from, to).await?,
+            Anomaly::Gap { from, to } if from == self.sources[src].checkpoint + 1 => {
+                self.handle_gap(src, from, to).await?
+            }
+            // The events before the hole are not committed (an interrupted group): read
+            // again from the checkpoint; the hole is found again behind them.
+            Anomaly::Gap { from, .. } => {
+                tracing::warn!(worker = %name, from, checkpoint = self.sources[src].checkpoint, "a hole behind uncommitted events; repositioning at the checkpoint");
+            }
         }
         self.position(src).await
     }

@@ -1,14 +1,14 @@
 //! What each message of a group becomes, before any write: projected, parked (it does not
 //! decode, or its story has an earlier parked event), or another partition's. Decided
 //! through [`projections::ingest`] (the one ingest path) in one deterministic order across
-//! the streams: by stream time, then stream, then sequence.
+//! the streams: merged by stream time, then stream, each stream in sequence order.
 
 use super::fetch::{Anomaly, Checked, Fetched};
 use super::{Worker, WorkerError};
 use async_nats::jetstream;
 use projections::ingest::{ingest, Ingested, Stored};
 use projections::Projection;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What a message turned into.
 pub(super) enum Route {
@@ -72,25 +72,29 @@ impl Worker {
         &mut self,
         fetched: Vec<Fetched>,
     ) -> Result<(Vec<Item>, Vec<(usize, Anomaly)>), WorkerError> {
-        let mut checked = Vec::new();
+        let mut parts: Vec<VecDeque<Checked>> = Vec::new();
         let mut anomalies = Vec::new();
         for f in fetched {
             let src = f.src;
             let (ok, anomaly) = self.check_sequence(f).await?;
-            checked.extend(ok);
+            parts.push(ok.into());
             if let Some(a) = anomaly {
                 anomalies.push((src, a));
             }
         }
-        // Stream time orders the streams' events as they happened; within a stream it never
-        // decreases with the sequence, so each stream keeps its own order.
-        checked.sort_by(|a, b| {
-            (a.ts_ns, &self.sources[a.src].stream, a.seq).cmp(&(
-                b.ts_ns,
-                &self.sources[b.src].stream,
-                b.seq,
-            ))
-        });
+        // Merged by (stream time, stream), always taking the head of a stream's part: the
+        // streams interleave as they happened, and each stream keeps its sequence order even
+        // if its clock stepped back (a leader moved to a node with another clock).
+        let mut checked = Vec::with_capacity(parts.iter().map(VecDeque::len).sum());
+        while let Some(i) = (0..parts.len())
+            .filter(|&i| !parts[i].is_empty())
+            .min_by_key(|&i| {
+                let c = &parts[i][0];
+                (c.ts_ns, self.sources[c.src].stream.as_str())
+            })
+        {
+            checked.extend(parts[i].pop_front());
+        }
         if !checked.is_empty() {
             self.refresh_blocked().await;
         }

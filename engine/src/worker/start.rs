@@ -19,7 +19,10 @@ impl Worker {
                     crate::generations::live(graph)
                 })
                 .await
-                .map_err(|e| self.fatal(0, e))?;
+                .map_err(|e| WorkerError::Fatal {
+                    stream: self.name.clone(),
+                    error: e.to_string(),
+                })?;
             if live != self.cfg.generation {
                 tracing::info!(worker = %self.name, from = %self.cfg.generation, to = %live, "writing the live generation");
                 self.cfg.generation = live;
