@@ -183,6 +183,15 @@ pub enum OnGapArg {
     Continue,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TransactionPerArg {
+    /// One worker per stream of a partition, each committing its own batches (the fastest
+    /// measured on a 2-core Neo4j, docs/benchmarks.md).
+    Stream,
+    /// One worker per partition: what all its streams hold commits in one transaction.
+    Partition,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Projector(s) to run (repeatable); all configured projectors by default.
@@ -202,6 +211,10 @@ pub struct RunArgs {
     /// sequence into this generation instead of halting. A rebuild is the clean alternative.
     #[arg(long)]
     pub accept_stream_reset: bool,
+    /// What one Neo4j transaction holds: a stream's batch, or a partition's group of every
+    /// stream's pending events (docs/architecture.md, the pipeline).
+    #[arg(long, value_enum, default_value = "stream")]
+    pub transaction_per: TransactionPerArg,
     /// Exit 0 once every projector's checkpoint reaches its streams' last sequence.
     #[arg(long)]
     pub until_caught_up: bool,

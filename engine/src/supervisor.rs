@@ -25,8 +25,9 @@ pub struct Ended {
 pub struct Supervisor {
     set: JoinSet<Result<Exit, WorkerError>>,
     running: BTreeMap<Id, (Key, String)>,
-    /// The stop switch of the worker running under a key, with its task id.
-    stops: BTreeMap<Key, (Id, watch::Sender<bool>)>,
+    /// The stop switches of the workers running under a key (one per partition, or one per
+    /// stream of it), with their task ids.
+    stops: BTreeMap<Key, Vec<(Id, watch::Sender<bool>)>>,
 }
 
 impl Supervisor {
@@ -34,7 +35,8 @@ impl Supervisor {
         Supervisor::default()
     }
 
-    /// Starts a worker; `run` gets the receiver of its own stop switch.
+    /// Starts a worker under `key` (several may share one); `run` gets the receiver of its
+    /// own stop switch.
     pub fn spawn<F, Fut>(&mut self, key: Key, name: String, run: F)
     where
         F: FnOnce(watch::Receiver<bool>) -> Fut,
@@ -43,10 +45,10 @@ impl Supervisor {
         let (stop, rx) = watch::channel(false);
         let handle = self.set.spawn(run(rx));
         self.running.insert(handle.id(), (key, name));
-        self.stops.insert(key, (handle.id(), stop));
+        self.stops.entry(key).or_default().push((handle.id(), stop));
     }
 
-    /// Whether the worker `key` runs.
+    /// Whether a worker of `key` runs.
     pub fn holds(&self, key: &Key) -> bool {
         self.stops.contains_key(key)
     }
@@ -55,12 +57,14 @@ impl Supervisor {
         self.set.is_empty()
     }
 
-    /// Asks the worker `key` to stop after its group in flight; `false` if none runs.
+    /// Asks the workers of `key` to stop after their group in flight; `false` if none runs.
     pub fn stop(&self, key: &Key) -> bool {
         match self.stops.get(key) {
-            // Never fails: it also stores the value when the worker already ended.
-            Some((_, s)) => {
-                s.send_replace(true);
+            Some(switches) => {
+                for (_, s) in switches {
+                    // Never fails: it also stores the value when the worker already ended.
+                    s.send_replace(true);
+                }
                 true
             }
             None => false,
@@ -100,9 +104,12 @@ impl Supervisor {
             .running
             .remove(&id)
             .expect("every task of the set was spawned with its key");
-        // Only this task's switch: a worker spawned again under the key keeps its own.
-        if self.stops.get(&key).is_some_and(|(owner, _)| *owner == id) {
-            self.stops.remove(&key);
+        // Only this task's switch: the other workers of the key keep theirs.
+        if let Some(switches) = self.stops.get_mut(&key) {
+            switches.retain(|(owner, _)| *owner != id);
+            if switches.is_empty() {
+                self.stops.remove(&key);
+            }
         }
         let result = result.map_err(|e| match e {
             WorkerError::Fatal { stream, error } if stream.is_empty() => WorkerError::Fatal {

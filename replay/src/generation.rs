@@ -340,6 +340,7 @@ pub async fn build_generation(
                 ready_lag: u64::MAX,
                 publish_outbound: false,
                 instance: "rebuild".into(),
+                transaction_per: Default::default(),
             },
             None,
         )

@@ -1,10 +1,10 @@
 //! `projector run`.
 
 use super::CliError;
-use crate::cli::{OnErrorArg, OnGapArg, RunArgs};
+use crate::cli::{OnErrorArg, OnGapArg, RunArgs, TransactionPerArg};
 use engine::config::Config;
 use engine::runner::{self, RunOptions};
-use engine::worker::{Exit, OnError, OnGap};
+use engine::worker::{Exit, OnError, OnGap, TransactionPer};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
             OnGapArg::Continue => OnGap::Continue,
         },
         accept_stream_reset: a.accept_stream_reset,
+        transaction_per: match a.transaction_per {
+            TransactionPerArg::Stream => TransactionPer::Stream,
+            TransactionPerArg::Partition => TransactionPer::Partition,
+        },
         until_caught_up: a.until_caught_up,
         metrics_addr,
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub publish_outbound: bool,
     /// This instance's name in the partition leases.
     pub instance: String,
+    /// One transaction per stream's batch, or per partition's group of every stream.
+    pub transaction_per: crate::worker::TransactionPer,
 }
 
 #[derive(Debug, Error)]

@@ -11,7 +11,7 @@ use super::{RunError, WorkerBase};
 use crate::config::ProjectorEntry;
 use crate::leases::Leases;
 use crate::supervisor::{Key, Supervisor};
-use crate::worker::{Exit, Shared, Worker};
+use crate::worker::{Exit, Shared, TransactionPer, Worker};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -65,12 +65,20 @@ impl Loop<'_> {
                     h.connected = false
                 });
         }
-        let wc = self.base.worker(&p.name, &p.streams, part, partitions);
-        let sh = self.sh[i].clone();
-        self.sup
-            .spawn((i, part), format!("{}/{}", p.name, part), move |stop| {
-                Worker::new(wc, sh, stop).run()
-            });
+        let groups: Vec<Vec<String>> = match self.base.opts.transaction_per {
+            TransactionPer::Partition => vec![p.streams.clone()],
+            TransactionPer::Stream => p.streams.iter().map(|s| vec![s.clone()]).collect(),
+        };
+        for streams in groups {
+            let name = match streams.as_slice() {
+                [one] => format!("{}/{one}/{part}", p.name),
+                _ => format!("{}/{part}", p.name),
+            };
+            let wc = self.base.worker(&p.name, &streams, part, partitions);
+            let sh = self.sh[i].clone();
+            self.sup
+                .spawn((i, part), name, move |stop| Worker::new(wc, sh, stop).run());
+        }
     }
 
     /// One lease round of projector `i`.
@@ -234,7 +242,9 @@ pub(super) async fn supervise(
                 let Some(ended) = ended else { continue };
                 let (i, part) = ended.key;
                 let p = &projectors[i];
-                if let Some(ls) = leases.as_mut() {
+                // The partition is done once its last worker ended.
+                let partition_done = !lp.sup.holds(&ended.key);
+                if let Some(ls) = leases.as_mut().filter(|_| partition_done) {
                     if lp.handing_over.remove(&ended.key) || deadline.is_some() {
                         // Surplus, or shutting down: the partition's worker is done, so
                         // another instance may take it now rather than after the TTL.

@@ -60,6 +60,19 @@ pub enum OnGap {
     Continue,
 }
 
+/// What one transaction holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransactionPer {
+    /// One worker per stream of a partition, each committing its own batches; at most
+    /// `[neo4j] max_concurrent_writes` transactions at once (the default: fastest measured
+    /// on a 2-core Neo4j, docs/benchmarks.md).
+    #[default]
+    Stream,
+    /// One worker per partition committing what all its streams hold in one transaction:
+    /// no waits between streams of one process, one transaction at a time per partition.
+    Partition,
+}
+
 /// Everything the worker of one partition needs to know about its job.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -221,13 +234,17 @@ impl Worker {
             .reporting(self.sh.health.clone(), &s.name)
     }
 
-    /// The retry loop for a step of the partition's transaction (stream label `*`); every
-    /// stream's health shows it.
+    /// The retry loop for a step of the worker's transaction (stream label: its stream, or
+    /// `*` when it holds several); every stream's health shows it.
     fn group_retrier(&self) -> Retrier {
+        let label = match self.sources.as_slice() {
+            [one] => one.stream.as_str(),
+            _ => "*",
+        };
         let mut r = Retrier::new(self.cfg.backoff, self.shutdown.clone()).counted(
             self.sh.metrics.clone(),
             &self.cfg.projector,
-            "*",
+            label,
         );
         for s in &self.sources {
             r = r.reporting(self.sh.health.clone(), &s.name);
@@ -248,8 +265,10 @@ impl Worker {
             self.sh.health.update(&s.name, |h| h.connected = false);
             self.sh.metrics.init_worker(&self.cfg.projector, &s.stream);
         }
-        // The label of the partition's transaction steps (see `group_retrier`).
-        self.sh.metrics.init_worker(&self.cfg.projector, "*");
+        if self.sources.len() > 1 {
+            // The label of the partition's transaction steps (see `group_retrier`).
+            self.sh.metrics.init_worker(&self.cfg.projector, "*");
+        }
         loop {
             if self.stopping() {
                 return Ok(self.exit());
