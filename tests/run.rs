@@ -669,3 +669,39 @@ async fn on_error_halt_halts_on_a_malformed_payload_too() {
     let n: i64 = rows.next().await.unwrap().unwrap().get("n").unwrap();
     assert_eq!(n, 0, "halt parks nothing");
 }
+
+/// The grouped pipeline (`--transaction-per partition`: every stream of a partition in one
+/// transaction) builds the same graph as the per-stream default, and so does a live grouped
+/// run stopped and resumed, with small batches so that groups hold several streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_transaction_per_partition_builds_the_same_graph() {
+    let (t, js) = setup().await;
+    let samples = engine::history::generate(30, 12);
+    engine::history::publish(&js, &t.cfg.subject_prefix, &samples, 12)
+        .await
+        .unwrap();
+    let (per_stream, grouped) = (format!("{}-s", t.tag), format!("{}-p", t.tag));
+    t.run_until_caught_up(&per_stream);
+    let out = t.projector(&[
+        "run",
+        "--until-caught-up",
+        "--generation",
+        &grouped,
+        "--transaction-per",
+        "partition",
+        "--batch-size",
+        "9",
+        "--metrics-addr",
+        "off",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = t.digest(&per_stream);
+    assert!(a.1 > 500, "{a:?}");
+    assert_eq!(t.digest(&grouped), a);
+
+    let run = t.spawn_run(&["--transaction-per", "partition", "--batch-size", "5"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(run.terminate(), Some(0));
+    t.run_until_caught_up(&t.tag);
+    assert_eq!(t.digest(&t.tag), a);
+}

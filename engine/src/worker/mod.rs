@@ -312,6 +312,7 @@ impl Worker {
                 if let Some(head) = f
                     .raw
                     .last()
+                    // No metadata: the sequence check reports it; the lag waits a group.
                     .and_then(|m| m.info().ok())
                     .map(|i| i.stream_sequence + i.pending)
                 {
