@@ -61,6 +61,39 @@ async fn all_acked(js: &jetstream::Context, t: &TestConfig) -> Result<(), String
     Ok(())
 }
 
+/// A node of US-2's milestone whose version has the wrong type: the guarded SET of its write
+/// is a no-op, so the write is not confirmed (the seeds' bug #3).
+async fn poison_us2_milestone(g: &neo4rs::Graph, t: &TestConfig) {
+    g.run(
+        neo4rs::query("CREATE (:Milestone {gen: $gen, id: 'US-2:MVP', v_MilestoneRecord: 42})")
+            .param("gen", t.tag.clone()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Milestones of US-1, US-2 (the poisoned one) and US-3, in that order on one stream.
+async fn publish_three_milestones(t: &TestConfig, js: &jetstream::Context) {
+    t.publish(
+        js,
+        &[
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-1","milestone":"MVP"}"#,
+            ),
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-2","milestone":"MVP"}"#,
+            ),
+            (
+                "context.milestone.reached",
+                r#"{"story_id":"US-3","milestone":"BETA"}"#,
+            ),
+        ],
+    )
+    .await;
+}
+
 fn http_status(port: u16, path: &str) -> u16 {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -198,31 +231,9 @@ async fn a_write_without_effect_is_an_error_metric_and_a_parked_event_never_proc
     let _g = SERIAL.lock().await;
     let (t, js) = setup().await;
     let g = neo4j(&t.cfg);
-    g.run(
-        neo4rs::query("CREATE (:Milestone {gen: $gen, id: 'US-2:MVP', v_MilestoneRecord: 42})")
-            .param("gen", t.tag.clone()),
-    )
-    .await
-    .unwrap();
+    poison_us2_milestone(&g, &t).await;
     let run = t.spawn_run(&[]);
-    t.publish(
-        &js,
-        &[
-            (
-                "context.milestone.reached",
-                r#"{"story_id":"US-1","milestone":"MVP"}"#,
-            ),
-            (
-                "context.milestone.reached",
-                r#"{"story_id":"US-2","milestone":"MVP"}"#,
-            ),
-            (
-                "context.milestone.reached",
-                r#"{"story_id":"US-3","milestone":"BETA"}"#,
-            ),
-        ],
-    )
-    .await;
+    publish_three_milestones(&t, &js).await;
     eventually(60, || all_acked(&js, &t)).await;
     let gen = t.tag.clone();
     assert_eq!(
@@ -270,32 +281,9 @@ async fn on_error_halt_names_the_offending_event_not_the_first_of_its_batch() {
     let _g = SERIAL.lock().await;
     let (t, js) = setup().await;
     let g = neo4j(&t.cfg);
-    // The same poison as above: US-2's milestone write is not confirmed.
-    g.run(
-        neo4rs::query("CREATE (:Milestone {gen: $gen, id: 'US-2:MVP', v_MilestoneRecord: 42})")
-            .param("gen", t.tag.clone()),
-    )
-    .await
-    .unwrap();
+    poison_us2_milestone(&g, &t).await;
     // Published before the run starts: one batch of three on one stream.
-    t.publish(
-        &js,
-        &[
-            (
-                "context.milestone.reached",
-                r#"{"story_id":"US-1","milestone":"MVP"}"#,
-            ),
-            (
-                "context.milestone.reached",
-                r#"{"story_id":"US-2","milestone":"MVP"}"#,
-            ),
-            (
-                "context.milestone.reached",
-                r#"{"story_id":"US-3","milestone":"BETA"}"#,
-            ),
-        ],
-    )
-    .await;
+    publish_three_milestones(&t, &js).await;
     let out = t.projector(&[
         "run",
         "--generation",

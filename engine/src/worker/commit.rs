@@ -232,10 +232,12 @@ impl Worker {
         if outbox.is_empty() {
             return Ok(());
         }
+        // One retry loop for the whole outbox, not one built per event.
+        let retrier = self.group_retrier();
         for o in outbox {
             let js = &self.sh.js;
             let subject = format!("{}{}", self.cfg.subject_prefix, o.event.subject);
-            self.group_retrier()
+            retrier
                 .run_waiting(
                     "publish outbound event",
                     || async {
@@ -262,7 +264,7 @@ impl Worker {
         }
         let ids: Vec<String> = outbox.iter().map(|o| o.event.msg_id.clone()).collect();
         let (graph, gen) = (&self.sh.graph, &self.cfg.generation);
-        self.group_retrier()
+        retrier
             .run("clear outbox", || graph.outbox_done(gen, &ids))
             .await
     }

@@ -206,8 +206,19 @@ impl GraphSink {
 /// made it roll back, and Neo4j rolls back an open transaction by itself when its
 /// connection closes, so nothing of it can be committed either way.
 async fn rollback(txn: neo4rs::Txn, why: &str) {
-    if let Err(e) = txn.rollback().await {
-        tracing::warn!(error = %e, why, "rolling back a Neo4j transaction failed; the server discards it with the connection");
+    match txn.rollback().await {
+        Ok(()) => {}
+        // After a failed statement the server has already rolled the transaction back and
+        // ignores the ROLLBACK: nothing went wrong here (it was a WARN on every deadlock).
+        Err(neo4rs::Error::Neo4j(e)) if e.code() == "Neo.ServerError.Ignored" => {
+            tracing::debug!(
+                why,
+                "rollback ignored: the server already rolled the transaction back"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, why, "rolling back a Neo4j transaction failed; the server discards it with the connection");
+        }
     }
 }
 
