@@ -151,6 +151,7 @@ pub async fn connect(cfg: &Config, health: Health, metrics: Metrics) -> Result<S
             // At least 1 by config validation (`[neo4j] max_concurrent_writes`).
             cfg.neo4j.max_concurrent_writes,
         )),
+        node_locks: Default::default(),
         renders: Default::default(),
     })
 }

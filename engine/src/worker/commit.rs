@@ -11,9 +11,9 @@
 //! A failure says at which [`Stage`] it happened: before the Neo4j commit nothing of the
 //! group is written; after it, the graph holds the group and only the later steps remain.
 
-use super::ack;
 use super::route::{Item, Route};
 use super::Worker;
+use super::{ack, node_locks};
 use crate::dlq::{self, DeadLetter};
 use crate::error::WriteError;
 use crate::sink::graph::{CheckpointKey, CheckpointMove, Commit, OutboxEntry, ParkedRecord};
@@ -80,6 +80,7 @@ impl Worker {
                 }
             }
         }
+        let shared = node_locks::shared_nodes(&batch);
         let moves: Vec<CheckpointMove> = ends
             .iter()
             .map(|(&src, &(seq, ts_ns))| CheckpointMove {
@@ -89,17 +90,20 @@ impl Worker {
                 ts_ns,
             })
             .collect();
-        let (gen, graph, gate) = (
+        let (gen, graph, gate, locks) = (
             self.cfg.generation.clone(),
             self.sh.graph.clone(),
             self.sh.graph_gate.clone(),
+            self.sh.node_locks.clone(),
         );
         let fence_live = self.cfg.follow_live;
         self.group_retrier()
             .run_waiting(
                 "commit to Neo4j",
                 || async {
-                    // Held for the transaction only, not across retry back-offs.
+                    // Both held for the transaction only, not across retry back-offs; the
+                    // nodes first, so a worker never holds a slot while it waits for them.
+                    let _nodes = locks.lock(shared.iter().map(String::as_str)).await;
                     let _turn = gate.acquire().await.expect("the gate is never closed");
                     let c = Commit {
                         batch: &batch,

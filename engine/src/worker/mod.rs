@@ -24,9 +24,12 @@ mod ack;
 mod commit;
 mod events;
 mod fetch;
+mod node_locks;
 mod recovery;
 mod route;
 mod start;
+
+pub use node_locks::NodeLocks;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -119,6 +122,8 @@ pub struct Shared {
     /// Admits graph transactions (`[neo4j] max_concurrent_writes` at a time, across the
     /// partitions this process holds).
     pub graph_gate: Arc<tokio::sync::Semaphore>,
+    /// Stories and agents being committed by a worker of this process ([`NodeLocks`]).
+    pub node_locks: Arc<NodeLocks>,
     /// Full renders of a generation's contexts under a cache prefix, and when each started:
     /// workers starting together render once, not once each ([`ContextRenders`]).
     pub renders: ContextRenders,
