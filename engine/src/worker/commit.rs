@@ -80,6 +80,9 @@ impl Worker {
                 }
             }
         }
+        // A parked event's story: its view now says "blocked" (its revision moves with the
+        // parked record).
+        stories.extend(parked.iter().filter_map(|p| p.story_id.clone()));
         let moves: Vec<CheckpointMove> = ends
             .iter()
             .map(|(&src, &(seq, ts_ns))| CheckpointMove {
@@ -87,6 +90,7 @@ impl Worker {
                 expected: self.sources[src].stored,
                 seq,
                 ts_ns,
+                back: false,
             })
             .collect();
         let (gen, graph, gate) = (
@@ -235,24 +239,11 @@ impl Worker {
         // One retry loop for the whole outbox, not one built per event.
         let retrier = self.group_retrier();
         for o in outbox {
-            let js = &self.sh.js;
-            let subject = format!("{}{}", self.cfg.subject_prefix, o.event.subject);
+            let (js, prefix) = (&self.sh.js, &self.cfg.subject_prefix);
             retrier
                 .run_waiting(
                     "publish outbound event",
-                    || async {
-                        let mut h = async_nats::HeaderMap::new();
-                        h.insert("Nats-Msg-Id", o.event.msg_id.as_str());
-                        let fail = |e: String| WriteError::Nats {
-                            message: format!("outbound {}: {e}", o.event.msg_id),
-                        };
-                        js.publish_with_headers(subject.clone(), h, o.event.payload.clone().into())
-                            .await
-                            .map_err(|e| fail(e.to_string()))?
-                            .await
-                            .map_err(|e| fail(e.to_string()))?;
-                        Ok(())
-                    },
+                    || crate::sink::outbound::publish(js, prefix, &o.event),
                     || ack::progress(self, inflight),
                 )
                 .await?;
