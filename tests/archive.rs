@@ -148,9 +148,8 @@ async fn a_range_the_stream_dropped_while_stopped_is_read_from_the_archive() {
     engine::history::publish(&js, &t.cfg.subject_prefix, first, 41)
         .await
         .unwrap();
-    let caught_up = |t: &TestConfig| {
-        t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"])
-    };
+    let caught_up =
+        |t: &TestConfig| t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
     let o = caught_up(&t);
     assert!(o.status.success(), "{}", stderr(&o));
     // Stopped: 1,500 more, and the stream keeps only the last 1,000 (1001..=2000).
@@ -166,7 +165,10 @@ async fn a_range_the_stream_dropped_while_stopped_is_read_from_the_archive() {
         if (a.first_sequence, a.last_sequence) == (1, 2000) {
             Ok(())
         } else {
-            Err(format!("archive at {}..={}", a.first_sequence, a.last_sequence))
+            Err(format!(
+                "archive at {}..={}",
+                a.first_sequence, a.last_sequence
+            ))
         }
     })
     .await;

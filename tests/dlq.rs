@@ -75,7 +75,10 @@ async fn dlq_retry_emits_the_context_updated_a_live_run_would_have() {
     wait_for_count(&g, &gen, "ParkedEvent", "story_id", "US-O", 2).await;
     let orch = t.stream("ORCHESTRATOR_EVENTS");
     let ids = parked_ids(&t);
-    assert_eq!(ids, vec![format!("graph:{orch}:1"), format!("graph:{orch}:2")]);
+    assert_eq!(
+        ids,
+        vec![format!("graph:{orch}:1"), format!("graph:{orch}:2")]
+    );
     assert!(context_updated(&t, &js).await.is_empty());
 
     let d = t.projector(&["dlq", "discard", &ids[0]]);
@@ -143,7 +146,10 @@ async fn a_blocked_story_says_so_until_the_operator_unblocks_it() {
     t.publish(
         &js,
         &[
-            ("planning.story.created", r#"{"story_id":"US-B","title":"b"}"#),
+            (
+                "planning.story.created",
+                r#"{"story_id":"US-B","title":"b"}"#,
+            ),
             ("planning.story.archived", r#"{"story_id":"US-B"}"#),
             (
                 "planning.story.transitioned",
@@ -165,7 +171,13 @@ async fn a_blocked_story_says_so_until_the_operator_unblocks_it() {
     let v = story_json(&t, "US-B");
     assert_eq!(v["blocked"]["by"], blocker.as_str(), "{v}");
     assert_eq!(v["blocked"]["behind"], 1, "{v}");
-    assert!(v["blocked"]["reason"].as_str().unwrap().contains("archived"), "{v}");
+    assert!(
+        v["blocked"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("archived"),
+        "{v}"
+    );
     let text = stdout(&t.projector(&["query", "story", "US-B"]));
     assert!(
         text.contains(&format!("BLOCKED by parked event {blocker}")),
@@ -238,7 +250,8 @@ async fn a_blocked_story_says_so_until_the_operator_unblocks_it() {
     let o = t.projector(&["replay", "--stream", &planning, "--from-seq", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("summary: 2 projected, 0 parked, 1 skipped (undecodable); 0 blocked stories"),
+        stderr(&o)
+            .contains("summary: 2 projected, 0 parked, 1 skipped (undecodable); 0 blocked stories"),
         "{}",
         stderr(&o)
     );

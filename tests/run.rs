@@ -484,7 +484,12 @@ async fn a_hole_after_the_checkpoint_halts_by_default_and_is_shown_as_lost_range
     let archive = format!("{planning}_ARCHIVE");
     eventually(10, || async {
         let mut a = js.get_stream(&archive).await.map_err(|e| e.to_string())?;
-        let n = a.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+        let n = a
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence;
         if n == 10 {
             Ok(())
         } else {

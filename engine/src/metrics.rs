@@ -295,8 +295,8 @@ impl Metrics {
                 let outcome = m
                     .get_label()
                     .iter()
-                    .find(|l| l.get_name() == "outcome")
-                    .map(|l| l.get_value().to_string());
+                    .find(|l| l.name() == "outcome")
+                    .map(|l| l.value().to_string());
                 if let Some(o) = outcome {
                     *out.entry(o).or_insert(0) += m.get_counter().get_value() as u64;
                 }

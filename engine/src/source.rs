@@ -139,7 +139,9 @@ pub async fn archive_reader(
         max_deliver: -1,
         max_ack_pending: settings.max_ack_pending,
         inactive_threshold: Duration::from_secs(60),
-        description: Some("projector: a range its stream no longer holds, read from the archive".into()),
+        description: Some(
+            "projector: a range its stream no longer holds, read from the archive".into(),
+        ),
         ..Default::default()
     };
     s.create_consumer(config)

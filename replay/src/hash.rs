@@ -125,7 +125,10 @@ pub async fn node_differences(
     a: &str,
     b: &str,
 ) -> Result<Vec<String>, WriteError> {
-    let (na, nb) = (nodes_by_label(sink, a).await?, nodes_by_label(sink, b).await?);
+    let (na, nb) = (
+        nodes_by_label(sink, a).await?,
+        nodes_by_label(sink, b).await?,
+    );
     let empty = BTreeMap::new();
     let labels: std::collections::BTreeSet<&String> = na.keys().chain(nb.keys()).collect();
     let mut out = Vec::new();

@@ -140,8 +140,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
             unknown_ids(&graph, &generation, &target.projector, &ids).await?;
             let cache = CacheSink::connect(&cfg.valkey).await?;
             let cache_prefix = cache.gen_prefix(&generation, generation == live);
-            let n =
-                engine::dlq::discard(&graph, &cache, &generation, &cache_prefix, &ids).await?;
+            let n = engine::dlq::discard(&graph, &cache, &generation, &cache_prefix, &ids).await?;
             if json {
                 println!(
                     "{}",

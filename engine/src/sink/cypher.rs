@@ -36,7 +36,10 @@ pub fn schema() -> Vec<String> {
     out.push("CREATE INDEX task_status IF NOT EXISTS FOR (n:Task) ON (n.gen, n.status)".into());
     out.push("CREATE INDEX parked_story IF NOT EXISTS FOR (n:ParkedEvent) ON (n.gen, n.projector, n.story_id)".into());
     // The story view's "blocked by" reads a story's parked events of every projector.
-    out.push("CREATE INDEX parked_gen_story IF NOT EXISTS FOR (n:ParkedEvent) ON (n.gen, n.story_id)".into());
+    out.push(
+        "CREATE INDEX parked_gen_story IF NOT EXISTS FOR (n:ParkedEvent) ON (n.gen, n.story_id)"
+            .into(),
+    );
     out
 }
 

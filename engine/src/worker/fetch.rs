@@ -183,7 +183,10 @@ impl Worker {
                     return Ok((out, Some(Anomaly::Broken(why))));
                 }
             };
-            if self.sources[src].archive_until.is_some_and(|until| seq > until) {
+            if self.sources[src]
+                .archive_until
+                .is_some_and(|until| seq > until)
+            {
                 // Past the archived range: the live stream holds the rest.
                 return Ok((out, Some(Anomaly::ArchiveDone)));
             }

@@ -313,7 +313,9 @@ impl Worker {
 
     async fn handle_gap(&mut self, src: usize, from: u64, to: u64) -> Result<(), WorkerError> {
         // Only a range the archive cannot serve either is lost.
-        if self.sources[src].archive_until.is_none() && self.heal_from_archive(src, from, to).await? {
+        if self.sources[src].archive_until.is_none()
+            && self.heal_from_archive(src, from, to).await?
+        {
             return Ok(());
         }
         let (js, stream) = (self.sh.js.clone(), self.sources[src].stream.clone());
