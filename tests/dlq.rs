@@ -211,9 +211,11 @@ async fn a_blocked_story_says_so_until_the_operator_unblocks_it() {
         )
     };
     eventually(30, || async {
-        match gauge(&run) {
-            n if n == 2.0 => Ok(()),
-            n => Err(n),
+        let n = gauge(&run);
+        if n == 2.0 {
+            Ok(())
+        } else {
+            Err(n)
         }
     })
     .await;
@@ -238,9 +240,11 @@ async fn a_blocked_story_says_so_until_the_operator_unblocks_it() {
     let h = get(port, "/v1/stories/US-B");
     assert!(h.get("blocked").is_none(), "{h}");
     eventually(30, || async {
-        match gauge(&run) {
-            n if n == 0.0 => Ok(()),
-            n => Err(n),
+        let n = gauge(&run);
+        if n == 0.0 {
+            Ok(())
+        } else {
+            Err(n)
         }
     })
     .await;
