@@ -131,3 +131,76 @@ async fn a_capped_archive_makes_the_rebuild_refuse_instead_of_building_a_partial
     let list = stdout(&t.projector(&["generations", "list"]));
     assert!(!list.contains(&r), "{list}");
 }
+
+/// Issue #17 item 10: the projector is stopped while the stream drops messages by its limits
+/// (`max_msgs = 1000`); on restart the range the stream no longer holds is read from its
+/// archive, then the live stream again: nothing lost, no gap recorded, live equals a rebuild.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_the_stream_dropped_while_stopped_is_read_from_the_archive() {
+    let (t, js) = small_stream(-1).await;
+    let planning: Vec<_> = engine::history::generate(300, 41)
+        .into_iter()
+        .filter(|s| s.subject.starts_with("planning."))
+        .take(2000)
+        .collect();
+    assert_eq!(planning.len(), 2000);
+    let (first, rest) = planning.split_at(500);
+    engine::history::publish(&js, &t.cfg.subject_prefix, first, 41)
+        .await
+        .unwrap();
+    let caught_up =
+        |t: &TestConfig| t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+    let o = caught_up(&t);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Stopped: 1,500 more, and the stream keeps only the last 1,000 (1001..=2000).
+    engine::history::publish(&js, &t.cfg.subject_prefix, rest, 42)
+        .await
+        .unwrap();
+    let stream = t.stream("PLANNING_EVENTS");
+    let archive = format!("{stream}_ARCHIVE");
+    let st = stream_state(&js, &stream).await;
+    assert_eq!((st.first_sequence, st.last_sequence), (1001, 2000));
+    eventually(30, || async {
+        let a = stream_state(&js, &archive).await;
+        if (a.first_sequence, a.last_sequence) == (1, 2000) {
+            Ok(())
+        } else {
+            Err(format!(
+                "archive at {}..={}",
+                a.first_sequence, a.last_sequence
+            ))
+        }
+    })
+    .await;
+
+    let o = caught_up(&t);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reading it from the archive"),
+        "{}",
+        stderr(&o)
+    );
+    let status = t.projector(&["streams", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["lost_ranges"], serde_json::json!([]), "{v}");
+    let g = neo4j(&t.cfg);
+    let gen = t.main_gen();
+    let mut rows = g
+        .execute(
+            neo4rs::query("MATCH (e:StoryEvent {gen: $gen}) RETURN count(e) AS n, max(e.seq) AS m")
+                .param("gen", gen.clone()),
+        )
+        .await
+        .unwrap();
+    let row = rows.next().await.unwrap().unwrap();
+    assert_eq!(
+        (row.get::<i64>("n").unwrap(), row.get::<i64>("m").unwrap()),
+        (2000, 2000),
+        "every event projected once"
+    );
+    // No archive reader is left behind.
+    let mut a = js.get_stream(&archive).await.unwrap();
+    assert_eq!(a.info().await.unwrap().state.consumer_count, 0);
+    let o = t.projector(&["verify", "--against-rebuild"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}

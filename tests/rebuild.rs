@@ -90,6 +90,18 @@ async fn verify_against_rebuild_reports_a_damaged_graph() {
     let o = t.projector(&["verify", "--against-rebuild"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(stdout(&o).contains("Task: "), "{}", stdout(&o));
+    // The damaged nodes are named, with the property that differs (issue #17): not only
+    // "contents differ".
+    let out = stdout(&o);
+    let named: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Task T-0001"))
+        .collect();
+    assert!(!named.is_empty(), "{out}");
+    assert!(
+        named.iter().all(|l| l.contains("status: \"BROKEN\" -> \"")),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -37,6 +37,7 @@ fn mv(key: &CheckpointKey, expected: u64, seq: u64) -> CheckpointMove {
         expected,
         seq,
         ts_ns: 1_000 + seq as i64,
+        back: false,
     }
 }
 
@@ -119,7 +120,9 @@ async fn two_streams_checkpoints_commit_together_with_their_writes() {
     assert_eq!(s.positions().await, (Some(5), Some(3)));
     assert_eq!(s.g.checkpoint_ts(&s.gen, &s.a).await.unwrap(), Some(1_005));
     assert_eq!(s.g.story_ids(&s.gen).await.unwrap(), vec![story.clone()]);
-    assert_eq!(s.g.story_rev(&s.gen, &story).await.unwrap(), Some(1));
+    // Moved by the write and by the parked record of the same story (its view says
+    // "blocked" now, D63).
+    assert_eq!(s.g.story_rev(&s.gen, &story).await.unwrap(), Some(2));
     // Each outbox entry is drained with the stream whose event produced it.
     assert_eq!(s.pending(&s.a).await, vec!["o-a"]);
     assert_eq!(s.pending(&s.b).await, vec!["o-b"]);
@@ -205,4 +208,53 @@ async fn one_stale_checkpoint_fails_the_whole_commit_and_nothing_is_written() {
         other => panic!("expected GenerationMoved, got {other:?}"),
     }
     assert_eq!(s.positions().await, (Some(5), Some(3)));
+}
+
+/// Issue #17: a commit after a partly applied one (the Valkey step failed, then the group
+/// was committed one event at a time) moved the checkpoint back over written events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_never_moves_back_unless_the_move_says_so() {
+    let s = sink().await;
+    let empty = CompactBatch::default();
+    let at = |moves: &[CheckpointMove]| -> Vec<CheckpointMove> { moves.to_vec() };
+    let start = at(&[mv(&s.a, 0, 5)]);
+    let c = Commit {
+        batch: &empty,
+        parked: &[],
+        outbox: &[],
+        moves: &start,
+        fence_live: false,
+    };
+    s.g.commit(&s.gen, &c).await.unwrap();
+
+    let story = format!("US-{}", s.t.tag);
+    let batch = story_batch(&s.t, &s.a.stream, 3, &story);
+    let back = at(&[mv(&s.a, 5, 3)]);
+    let c = Commit {
+        batch: &batch,
+        moves: &back,
+        ..c
+    };
+    match s.g.commit(&s.gen, &c).await {
+        Err(e @ WriteError::Neo4jRefused { .. }) => {
+            assert_eq!(e.action(), engine::error::Action::Halt, "{e}");
+            assert!(e.to_string().contains("would move back from 5 to 3"), "{e}");
+        }
+        other => panic!("expected a refused move backwards, got {other:?}"),
+    }
+    assert_eq!(s.positions().await.0, Some(5));
+    assert!(s.g.story_ids(&s.gen).await.unwrap().is_empty());
+
+    // An accepted stream reset moves it back, as asked.
+    let reset = at(&[CheckpointMove {
+        back: true,
+        ..mv(&s.a, 5, 0)
+    }]);
+    let c = Commit {
+        batch: &empty,
+        moves: &reset,
+        ..c
+    };
+    s.g.commit(&s.gen, &c).await.unwrap();
+    assert_eq!(s.positions().await.0, Some(0));
 }

@@ -99,6 +99,8 @@ pub struct RetryReport {
     /// Still failing, with the reason; they stay parked (and so do later events of their story).
     pub still_failing: Vec<(String, String)>,
     pub held_back: Vec<String>,
+    /// Outbound events (`context.updated`) the retried events emitted, published.
+    pub outbound: usize,
 }
 
 /// Where a retry writes.
@@ -111,11 +113,19 @@ pub struct RetryTarget<'a> {
     pub subject_prefix: &'a str,
     pub dlq_stream: &'a str,
     pub cache_prefix: &'a str,
+    /// Emit the retried events' outbound events (`context.updated`), as a live run of this
+    /// generation would: true for the live generation.
+    pub publish_outbound: bool,
 }
 
 /// Re-projects parked events in their original order (stream time, stream, sequence) and
 /// removes their parked records in the same transaction. An event that still fails stays
 /// parked, and so do the later parked events of its story.
+///
+/// Like a live commit, the transaction also holds the events' outbound events in the
+/// outbox; once the cache is written they are published (same subjects, same
+/// deterministic message ids as a live run) and removed from it. One that cannot be
+/// published stays in the outbox, which the projector publishes when it next starts.
 pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, WriteError> {
     let mut parked: Vec<_> = t
         .graph
@@ -135,6 +145,7 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
     let mut failed_stories = std::collections::BTreeSet::new();
     let mut batch = projections::CompactBatch::default();
     let mut stories = std::collections::BTreeSet::new();
+    let mut outbox = Vec::new();
     for p in &parked {
         if let Some(s) = &p.story_id {
             if failed_stories.contains(s) {
@@ -168,21 +179,90 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
                 for projections::CacheOp::RefreshContext { story_id, .. } in &projection.cache {
                     stories.insert(story_id.clone());
                 }
+                if t.publish_outbound {
+                    outbox.extend(projection.outbound.iter().map(|event| {
+                        crate::sink::graph::OutboxEntry {
+                            stream: p.stream.clone(),
+                            event: event.clone(),
+                        }
+                    }));
+                }
                 report.projected.push(p.id.clone());
             }
         }
     }
     if !report.projected.is_empty() {
+        // The stories whose parked records go (their views said "blocked").
+        let unparked: Vec<String> = parked
+            .iter()
+            .filter(|p| report.projected.contains(&p.id))
+            .filter_map(|p| p.story_id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         t.graph
-            .commit_retry(t.generation, t.projector, &batch, &report.projected)
+            .commit_retry(
+                t.generation,
+                t.projector,
+                &batch,
+                &report.projected,
+                &outbox,
+                &unparked,
+            )
             .await?;
+        stories.extend(unparked);
         let ids: Vec<String> = stories.into_iter().collect();
         let contexts = t.graph.story_contexts(t.generation, &ids).await?;
         t.cache
             .put_contexts(t.cache_prefix, &contexts, false)
             .await?;
+        publish_outbox(t, &outbox).await?;
+        report.outbound = outbox.len();
     }
     Ok(report)
+}
+
+/// Publishes a retry's outbox entries (each confirmed), then removes them from the outbox.
+async fn publish_outbox(
+    t: &RetryTarget<'_>,
+    outbox: &[crate::sink::graph::OutboxEntry],
+) -> Result<(), WriteError> {
+    if outbox.is_empty() {
+        return Ok(());
+    }
+    let retrier = crate::retry::Retrier::bounded(crate::retry::Backoff::default(), 5);
+    for o in outbox {
+        retrier
+            .run("publish outbound event", || {
+                crate::sink::outbound::publish(t.js, t.subject_prefix, &o.event)
+            })
+            .await
+            .map_err(|e| WriteError::Nats {
+                message: format!("{e}; the retried events are committed and their outbound events wait in the outbox: the projector publishes them when it next starts"),
+            })?;
+    }
+    let ids: Vec<String> = outbox.iter().map(|o| o.event.msg_id.clone()).collect();
+    retrier
+        .run("clear outbox", || t.graph.outbox_done(t.generation, &ids))
+        .await
+}
+
+/// Removes parked events without re-projecting them (an operator's decision) and renders
+/// their stories' views again, which no longer say "blocked" by them. Returns how many
+/// were removed.
+pub async fn discard(
+    graph: &crate::sink::graph::GraphSink,
+    cache: &crate::sink::cache::CacheSink,
+    generation: &str,
+    cache_prefix: &str,
+    ids: &[String],
+) -> Result<u64, WriteError> {
+    let (n, stories) = graph.discard_parked(generation, ids).await?;
+    if !stories.is_empty() {
+        let contexts = graph.story_contexts(generation, &stories).await?;
+        cache.put_contexts(cache_prefix, &contexts, false).await?;
+    }
+    Ok(n)
 }
 
 /// The ids among `ids` that name no parked event of `projector` in `generation`: a typo

@@ -56,10 +56,11 @@ pub enum Action {
 
 /// Codes of [`WriteError::Neo4jRefused`] that projector itself raises when what Neo4j
 /// returned has the wrong shape: a bug in a query or a reader, not a refusal of an event.
-pub const OUR_BUG_CODES: [&str; 3] = [
+pub const OUR_BUG_CODES: [&str; 4] = [
     "projector.RowShape",
     "projector.ContextShape",
     "projector.CommitShape",
+    "projector.CheckpointBackwards",
 ];
 
 impl WriteError {

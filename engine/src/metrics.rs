@@ -19,6 +19,12 @@ pub struct Metrics {
     pub lag: IntGaugeVec,
     pub retries: IntCounterVec,
     pub parked: IntCounterVec,
+    /// The parked backlog of the generation being written (its parked records now, by
+    /// projector, stream and reason kind), read from the graph: retries and discards made
+    /// by `projector dlq` show.
+    pub parked_events: IntGaugeVec,
+    /// Messages read from a stream's archive mirror because the stream no longer held them.
+    pub archive_reads: IntCounterVec,
     pub write_errors: IntCounterVec,
     pub gaps: IntCounterVec,
     /// Checkpoints found past their stream's last sequence (stream deleted and recreated).
@@ -152,6 +158,18 @@ impl Metrics {
                 "Events parked in the dead-letter stream, by reason kind",
                 &["projector", "stream", "kind"],
             ),
+            parked_events: gauge(
+                &r,
+                "projector_parked_events",
+                "Parked events of the generation being written (the dead-letter backlog), by projector, stream and reason kind",
+                &["projector", "stream", "kind"],
+            ),
+            archive_reads: counter(
+                &r,
+                "projector_archive_reads_total",
+                "Messages read from a stream's archive mirror because the stream no longer held them (a range healed instead of a gap)",
+                &["projector", "stream"],
+            ),
             write_errors: counter(
                 &r,
                 "projector_write_errors_total",
@@ -245,6 +263,7 @@ impl Metrics {
     /// that first appears at 1 is invisible to `increase()`, and a dashboard needs the series.
     pub fn init_worker(&self, projector: &str, stream: &str) {
         self.gaps.with_label_values(&[projector, stream]);
+        self.archive_reads.with_label_values(&[projector, stream]);
         self.lost_messages.with_label_values(&[projector, stream]);
         for kind in WORKER_ERROR_KINDS {
             self.write_errors
@@ -264,6 +283,26 @@ impl Metrics {
         self.takeover_gap.with_label_values(&[projector]);
         self.write_errors
             .with_label_values(&[projector, "-", "lease"]);
+    }
+
+    /// Events counted so far by outcome (`projected`, `parked`, `duplicate`, `ignored`),
+    /// over every projector, stream and subject: a finished run's summary.
+    pub fn events_by_outcome(&self) -> std::collections::BTreeMap<String, u64> {
+        use prometheus::core::Collector;
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.events.collect() {
+            for m in family.get_metric() {
+                let outcome = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "outcome")
+                    .map(|l| l.value().to_string());
+                if let Some(o) = outcome {
+                    *out.entry(o).or_insert(0) += m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        out
     }
 
     /// Drops the lag and checkpoint of a partition this instance no longer holds: its new

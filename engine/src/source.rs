@@ -111,6 +111,67 @@ pub async fn bounds(js: &jetstream::Context, stream: &str) -> Result<(u64, u64),
     Ok((info.state.first_sequence, info.state.last_sequence))
 }
 
+/// A consumer on `archive` (a stream's archive mirror, which keeps the stream's sequences)
+/// whose first message is `from`: what the live worker reads a range from that its stream
+/// no longer holds. Explicitly acked like the durable (acks stay in one place and are
+/// confirmed); not durable: the server removes it a minute after its last pull, and the
+/// worker deletes it once the range is read ([`delete_archive_reader`]).
+pub async fn archive_reader(
+    js: &jetstream::Context,
+    archive: &str,
+    name: &str,
+    from: u64,
+    settings: ConsumerSettings,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, WriteError> {
+    let s = js
+        .get_stream(archive)
+        .await
+        .map_err(|e| nats_err(archive, "get stream")(e.to_string()))?;
+    // One left by an earlier attempt may start elsewhere: a new one starts at `from`.
+    delete_archive_reader(js, archive, name).await?;
+    let config = pull::Config {
+        name: Some(name.to_string()),
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        },
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: settings.max_ack_pending,
+        inactive_threshold: Duration::from_secs(60),
+        description: Some(
+            "projector: a range its stream no longer holds, read from the archive".into(),
+        ),
+        ..Default::default()
+    };
+    s.create_consumer(config)
+        .await
+        .map_err(|e| nats_err(archive, "create archive reader")(e.to_string()))
+}
+
+/// Deletes the archive reader `name` of `archive`; one that is not there is fine.
+pub async fn delete_archive_reader(
+    js: &jetstream::Context,
+    archive: &str,
+    name: &str,
+) -> Result<(), WriteError> {
+    let s = js
+        .get_stream(archive)
+        .await
+        .map_err(|e| nats_err(archive, "get stream")(e.to_string()))?;
+    match s.delete_consumer(name).await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            jetstream::stream::ConsumerErrorKind::JetStream(err)
+                if err.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+            {
+                Ok(())
+            }
+            _ => Err(nats_err(archive, "delete archive reader")(e.to_string())),
+        },
+    }
+}
+
 /// First and last sequence of a stream, or `None` if it does not exist.
 pub async fn bounds_if_exists(
     js: &jetstream::Context,

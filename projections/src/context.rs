@@ -63,6 +63,22 @@ pub struct MilestoneView {
     pub reached_at_ms: Option<i64>,
 }
 
+/// Why a story's view stops short: one of its events is parked (it did not decode, or the
+/// graph refused it), and every later event of the story is parked behind it until an
+/// operator retries or discards it (`projector dlq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BlockedView {
+    /// The parked event holding the story up, as `projector dlq list` names it
+    /// (`projector:stream:seq`): the story's first parked event in stream order.
+    pub by: String,
+    /// Why it is parked (`dlq list`'s KIND and REASON).
+    pub kind: String,
+    pub reason: String,
+    /// How many later events of the story are parked behind it.
+    pub behind: i64,
+}
+
 /// Everything about a story, in one read: what was decided and when.
 ///
 /// `last_v` is the newest version key among the story's writes: a reader compares it with the
@@ -81,6 +97,10 @@ pub struct StoryContext {
     pub decisions: Vec<DecisionView>,
     pub milestones: Vec<MilestoneView>,
     pub last_v: String,
+    /// Set while the story is held up by a parked event (absent otherwise, so a healthy
+    /// story's entry is what it always was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<BlockedView>,
     /// How many commits have touched the story in this generation (`StoryRev`): the cache's
     /// freshness token. Not part of the JSON, which stays a pure function of the events.
     #[serde(skip)]
@@ -159,6 +179,7 @@ mod tests {
             decisions: vec![],
             milestones: vec![],
             last_v: String::new(),
+            blocked: None,
             rev: 0,
         }
     }

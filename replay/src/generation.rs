@@ -358,6 +358,18 @@ pub async fn build_generation(
         caught_up?;
         cleanup?;
     }
+    // At the default log level: what the replay did (the catch-up logs its own summary).
+    let projected: u64 = reports.iter().map(|r| r.projected).sum();
+    let skipped: u64 = reports.iter().map(|r| r.undecodable).sum();
+    let blocked = graph.blocked_story_count(name).await?;
+    tracing::info!(
+        generation = name,
+        projected,
+        parked = 0,
+        skipped,
+        blocked_stories = blocked,
+        "summary: {projected} projected, 0 parked, {skipped} skipped (undecodable) by the replay; {blocked} blocked stories in generation {name}"
+    );
     Ok(p.streams
         .iter()
         .map(|s| CheckpointKey::new(projector, s, 0))

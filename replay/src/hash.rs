@@ -88,3 +88,83 @@ pub async fn label_digests(
         .map(|(k, (n, h))| (k, (n, hex::encode(h.finalize()))))
         .collect())
 }
+
+/// How many differing nodes of one label [`node_differences`] names.
+pub const NAMED_PER_LABEL: usize = 5;
+
+/// The node's key in a difference report: its `id`, else its properties (a node of a
+/// label without ids).
+fn node_key(props: &Map<String, Value>) -> String {
+    match props.get("id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => serde_json::to_string(props).expect("JSON map serializes"),
+    }
+}
+
+async fn nodes_by_label(
+    sink: &GraphSink,
+    gen: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, Map<String, Value>>>, WriteError> {
+    let mut out: BTreeMap<String, BTreeMap<String, Map<String, Value>>> = BTreeMap::new();
+    for_each_node(sink, gen, |label, props| {
+        out.entry(label.to_string())
+            .or_default()
+            .insert(node_key(props), props.clone());
+    })
+    .await?;
+    Ok(out)
+}
+
+/// The nodes that differ between generations `a` and `b`, named: per label, the first
+/// [`NAMED_PER_LABEL`] ids (in id order) found in one only or with other properties, each
+/// with its differing properties (`name: A-value -> B-value`), then how many more there are.
+/// Reads both graphs whole: meant for the differences of `verify --against-rebuild`.
+pub async fn node_differences(
+    sink: &GraphSink,
+    a: &str,
+    b: &str,
+) -> Result<Vec<String>, WriteError> {
+    let (na, nb) = (
+        nodes_by_label(sink, a).await?,
+        nodes_by_label(sink, b).await?,
+    );
+    let empty = BTreeMap::new();
+    let labels: std::collections::BTreeSet<&String> = na.keys().chain(nb.keys()).collect();
+    let mut out = Vec::new();
+    for label in labels {
+        let (la, lb) = (
+            // A label absent from one generation has no nodes there.
+            na.get(label).unwrap_or(&empty),
+            // (the same for the other)
+            nb.get(label).unwrap_or(&empty),
+        );
+        let ids: std::collections::BTreeSet<&String> = la.keys().chain(lb.keys()).collect();
+        let mut differing = Vec::new();
+        for id in ids {
+            let line = match (la.get(id), lb.get(id)) {
+                (Some(_), None) => format!("{label} {id}: only in {a}"),
+                (None, Some(_)) => format!("{label} {id}: only in {b}"),
+                (Some(x), Some(y)) if x != y => {
+                    let names: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    let show = |v: Option<&Value>| v.map_or("-".to_string(), Value::to_string);
+                    let props: Vec<String> = names
+                        .into_iter()
+                        .filter(|n| x.get(*n) != y.get(*n))
+                        .map(|n| format!("{n}: {} -> {}", show(x.get(n)), show(y.get(n))))
+                        .collect();
+                    format!("{label} {id}: {}", props.join("; "))
+                }
+                _ => continue,
+            };
+            differing.push(line);
+        }
+        let more = differing.len().saturating_sub(NAMED_PER_LABEL);
+        out.extend(differing.into_iter().take(NAMED_PER_LABEL));
+        if more > 0 {
+            out.push(format!("{label}: and {more} more"));
+        }
+    }
+    Ok(out)
+}

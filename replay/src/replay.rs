@@ -351,6 +351,7 @@ pub async fn replay_stream(
                 expected: expected_progress,
                 seq: last,
                 ts_ns: last_ts,
+                back: false,
             };
             commit_with_retry(t, &batch, &mv).await?;
             expected_progress = last;

@@ -106,6 +106,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
                     subject_prefix: &cfg.subject_prefix,
                     dlq_stream: &cfg.dead_letters.stream,
                     cache_prefix: &cache_prefix,
+                    publish_outbound: generation == live,
                 },
                 &sel,
             )
@@ -116,7 +117,11 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
                     serde_json::to_string_pretty(&report).expect("serializable")
                 );
             } else {
-                println!("re-projected {} event(s)", report.projected.len());
+                println!(
+                    "re-projected {} event(s), published {} outbound event(s)",
+                    report.projected.len(),
+                    report.outbound
+                );
                 for (id, why) in &report.still_failing {
                     println!("still failing: {id}: {why}");
                 }
@@ -133,7 +138,9 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
         DlqCommand::Discard { ids, target, json } => {
             let generation = target_gen(&target);
             unknown_ids(&graph, &generation, &target.projector, &ids).await?;
-            let n = graph.discard_parked(&generation, &ids).await?;
+            let cache = CacheSink::connect(&cfg.valkey).await?;
+            let cache_prefix = cache.gen_prefix(&generation, generation == live);
+            let n = engine::dlq::discard(&graph, &cache, &generation, &cache_prefix, &ids).await?;
             if json {
                 println!(
                     "{}",

@@ -250,6 +250,17 @@ pub fn render_story(ctx: &StoryContext, gen: &str, source: &str) -> String {
         u(ctx.phase.as_deref())
     )
     .expect("a String takes every write");
+    if let Some(b) = &ctx.blocked {
+        writeln!(
+            o,
+            "BLOCKED by parked event {} ({}: {}); {} parked behind it. See `projector dlq list`.",
+            b.by,
+            b.kind,
+            b.reason,
+            count(b.behind as usize, "later event", "later events")
+        )
+        .expect("a String takes every write");
+    }
     writeln!(
         o,
         "Phase history ({}):",
@@ -426,6 +437,7 @@ mod tests {
             decisions: vec![],
             milestones: vec![],
             last_v: String::new(),
+            blocked: None,
             rev: 0,
         }
     }

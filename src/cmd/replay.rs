@@ -72,6 +72,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
     });
     let tty = std::io::stderr().is_terminal();
     let mut all_done = true;
+    let (mut projected, mut skipped) = (0u64, 0u64);
     for r in &ranges {
         if r.start > r.from {
             tracing::info!(stream = %r.stream, resume_at = r.start, "resuming an interrupted replay");
@@ -117,6 +118,8 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
             b.finish_and_clear();
         }
         let secs = started.elapsed().as_secs_f64();
+        projected += report.projected;
+        skipped += report.undecodable;
         if a.json {
             println!(
                 "{}",
@@ -144,6 +147,18 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
             break;
         }
     }
+    // A replay parks nothing (it re-projects on top of what live decided); the blocked
+    // stories are the generation's, left by live.
+    let blocked = graph.blocked_story_count(&generation).await?;
+    tracing::info!(
+        generation = %generation,
+        projected,
+        parked = 0,
+        skipped,
+        blocked_stories = blocked,
+        "summary: {projected} projected, 0 parked, {skipped} skipped (undecodable); {blocked} blocked stories in generation {generation}{}",
+        if blocked > 0 { " (see `projector dlq list`)" } else { "" }
+    );
     Ok(if all_done {
         ExitCode::SUCCESS
     } else {

@@ -125,7 +125,11 @@ async fn compare_with_rebuild(
                 diffs.push(format!("{label}: {m} nodes in {gen}, none in the rebuild"));
             }
         }
-        if diffs.is_empty() {
+        // The nodes themselves, named (first few per label), with their differing properties.
+        let named = replay::hash::node_differences(sink, gen, tmp).await?;
+        let any_named = !named.is_empty();
+        diffs.extend(named.into_iter().map(|d| d.replace(tmp, "the rebuild")));
+        if !any_named {
             diffs.push("relationships differ".into());
         }
     }

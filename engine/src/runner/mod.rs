@@ -5,6 +5,7 @@
 //! Graceful shutdown: a signal stops every worker after its group in flight, within
 //! `--shutdown-timeout`; whatever is not committed by then is not acked and is redelivered.
 
+mod backlog;
 mod supervise;
 
 use crate::config::Config;
@@ -311,6 +312,12 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
+    tokio::spawn(backlog::watch(
+        shared.clone(),
+        generation.clone(),
+        follow_live,
+        stop_rx.clone(),
+    ));
     let leases = if partitioned {
         Some(supervise::leases(&base, &projectors, &shared).await?)
     } else {
@@ -318,9 +325,43 @@ pub async fn run(
     };
     let res = supervise::supervise(&base, &projectors, &shared, &stop_tx, stop_rx, leases).await;
     watcher.abort();
+    if opts.until_caught_up && res.is_ok() {
+        summary(&shared, &generation).await;
+    }
     // Err: every receiver is gone, so everything already stopped.
     let _ = stop_tx.send(true);
     res
+}
+
+/// The end of a `run --until-caught-up`, at the default log level: what this run did with
+/// the events it read, and how many stories the generation has blocked.
+async fn summary(sh: &Shared, generation: &str) {
+    let by = sh.metrics.events_by_outcome();
+    // An outcome never counted in this run is 0.
+    let n = |k: &str| by.get(k).copied().unwrap_or(0);
+    match sh.graph.blocked_story_count(generation).await {
+        Ok(blocked) => tracing::info!(
+            generation,
+            projected = n("projected"),
+            parked = n("parked"),
+            skipped = n("duplicate") + n("ignored"),
+            blocked_stories = blocked,
+            "summary: {} projected, {} parked, {} skipped; {blocked} blocked stories in generation {generation}{}",
+            n("projected"),
+            n("parked"),
+            n("duplicate") + n("ignored"),
+            if blocked > 0 { " (see `projector dlq list`)" } else { "" }
+        ),
+        // The run itself succeeded; only the blocked count is missing from its summary.
+        Err(e) => tracing::warn!(
+            generation,
+            error = %e,
+            "summary: {} projected, {} parked, {} skipped; cannot count the blocked stories",
+            n("projected"),
+            n("parked"),
+            n("duplicate") + n("ignored")
+        ),
+    }
 }
 
 /// Stops the workers once every one of them has committed its stream's last sequence.

@@ -35,6 +35,11 @@ pub fn schema() -> Vec<String> {
     );
     out.push("CREATE INDEX task_status IF NOT EXISTS FOR (n:Task) ON (n.gen, n.status)".into());
     out.push("CREATE INDEX parked_story IF NOT EXISTS FOR (n:ParkedEvent) ON (n.gen, n.projector, n.story_id)".into());
+    // The story view's "blocked by" reads a story's parked events of every projector.
+    out.push(
+        "CREATE INDEX parked_gen_story IF NOT EXISTS FOR (n:ParkedEvent) ON (n.gen, n.story_id)"
+            .into(),
+    );
     out
 }
 
@@ -166,15 +171,18 @@ pub fn batch_upsert() -> &'static str {
 // ---- Checkpoints and lost ranges (sink/graph/checkpoints.rs, commit.rs) ----
 
 /// Advances every checkpoint of a commit (`$moves`: rows `{id, projector, stream, partition,
-/// expected, seq, ts_ns}`, sorted by id so writers lock them in one order), each only from
-/// the position its writer read (optimistic concurrency: `c.seq = expected`). Returns the id
-/// of each checkpoint it advanced; the writer rolls back if one is missing (another writer
-/// moved it meanwhile).
+/// expected, seq, ts_ns, back}`, sorted by id so writers lock them in one order), each only
+/// from the position its writer read (optimistic concurrency: `c.seq = expected`) and never
+/// to a lower sequence unless the move says so (`back`: `run --accept-stream-reset` reading a
+/// recreated stream from its start); a commit after a partly applied one must not move a
+/// checkpoint behind events it already wrote. Returns the id of each checkpoint it
+/// advanced; the writer rolls back if one is missing (moved by another writer, or a move
+/// backwards that was not asked for).
 pub const CHECKPOINTS_ADVANCE: &str = "UNWIND $moves AS m \
      MERGE (c:Checkpoint {gen: $gen, id: m.id}) \
      ON CREATE SET c.projector = m.projector, c.stream = m.stream, c.partition = m.partition, c.seq = 0 \
      SET c._lock = true \
-     WITH c, m WHERE c.seq = m.expected \
+     WITH c, m WHERE c.seq = m.expected AND (m.seq >= c.seq OR m.back) \
      SET c.seq = m.seq, c.ts_ns = CASE WHEN m.ts_ns = 0 THEN null ELSE m.ts_ns END REMOVE c._lock \
      RETURN c.id AS id";
 
@@ -230,9 +238,20 @@ pub const PARKED_REMOVE: &str = "UNWIND $ids AS id \
      MATCH (p:ParkedEvent {gen: $gen, id: id}) WHERE p.projector = $projector \
      DELETE p RETURN count(*) AS rows";
 
-/// Removes parked records an operator discards (`n`: how many).
+/// Removes parked records an operator discards (`n`: how many; `stories`: theirs, whose
+/// revisions the same transaction moves so no cached view still says "blocked").
 pub const PARKED_DISCARD: &str = "UNWIND $ids AS id \
-     MATCH (p:ParkedEvent {gen: $gen, id: id}) DELETE p RETURN count(*) AS n";
+     MATCH (p:ParkedEvent {gen: $gen, id: id}) WITH p, p.story_id AS sid DELETE p \
+     RETURN count(*) AS n, collect(DISTINCT sid) AS stories";
+
+/// The parked backlog of a generation: `projector`, `stream`, `kind`, `n`.
+pub const PARKED_COUNTS: &str = "MATCH (p:ParkedEvent {gen: $gen}) \
+     RETURN p.projector AS projector, p.stream AS stream, p.kind AS kind, count(*) AS n \
+     ORDER BY projector, stream, kind";
+
+/// How many stories have parked records in a generation: `n`.
+pub const BLOCKED_STORY_COUNT: &str = "MATCH (p:ParkedEvent {gen: $gen}) \
+     WHERE p.story_id IS NOT NULL RETURN count(DISTINCT p.story_id) AS n";
 
 /// Which of the stories `$ids` still have parked records for `$projector`: `s`.
 pub const STILL_BLOCKED: &str = "MATCH (p:ParkedEvent {gen: $gen, projector: $projector}) \
@@ -281,7 +300,9 @@ pub const STORY_VERSION: &str =
 /// Every story id of a generation, sorted.
 pub const STORY_IDS: &str = "MATCH (s:Story {gen: $gen}) RETURN s.id AS id ORDER BY id";
 
-/// The story view as stored in Valkey, read in one query per batch of stories.
+/// The story view as stored in Valkey, read in one query per batch of stories. `blocked`:
+/// the story's first parked event (stream time, stream, sequence) and how many are parked
+/// behind it; null while none is.
 pub const STORY_CONTEXT: &str = "UNWIND $ids AS sid \
     MATCH (s:Story {gen: $gen, id: sid}) \
     CALL (s) { OPTIONAL MATCH (s)-[:HAD_PHASE]->(c:PhaseChange) WITH c ORDER BY c.at_ms, c.last_seq \
@@ -296,10 +317,15 @@ pub const STORY_CONTEXT: &str = "UNWIND $ids AS sid \
       RETURN [x IN collect(d) | {decision_id: x.id, task_id: x.task_id, title: x.title, rationale: x.rationale, decided_by: x.decided_by, decided_at_ms: x.decided_at_ms}] AS decisions } \
     CALL (s) { OPTIONAL MATCH (s)-[:REACHED]->(m:Milestone) WITH m ORDER BY m.reached_at_ms, m.name \
       RETURN [x IN collect(m) | {name: x.name, reached_at_ms: x.reached_at_ms}] AS milestones } \
+    CALL (s) { OPTIONAL MATCH (p:ParkedEvent {gen: $gen, story_id: s.id}) WITH p ORDER BY p.ts_ns, p.stream, p.seq \
+      RETURN [x IN collect(p) | {by: x.id, kind: x.kind, reason: x.reason}] AS parked } \
     OPTIONAL MATCH (r:StoryRev {gen: $gen, id: s.id}) \
     RETURN {story_id: s.id, title: s.title, description: s.description, phase: s.phase, created_by: s.created_by, \
       phase_history: phases, plans: plans, tasks: tasks, decisions: decisions, milestones: milestones, \
-      last_v: coalesce(s.last_v, '')} AS ctx, coalesce(r.rev, 0) AS rev";
+      last_v: coalesce(s.last_v, ''), \
+      blocked: CASE WHEN size(parked) = 0 THEN null \
+        ELSE {by: parked[0].by, kind: parked[0].kind, reason: parked[0].reason, behind: size(parked) - 1} END} AS ctx, \
+      coalesce(r.rev, 0) AS rev";
 
 // ---- Generations (sink/graph/generations.rs) ----
 

@@ -3,4 +3,5 @@
 pub mod cache;
 pub mod cypher;
 pub mod graph;
+pub mod outbound;
 pub mod ready;

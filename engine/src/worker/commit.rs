@@ -80,7 +80,11 @@ impl Worker {
                 }
             }
         }
-        let shared = node_locks::shared_nodes(&batch);
+        // A parked event's story: its view now says "blocked" (its revision moves with the
+        // parked record).
+        stories.extend(parked.iter().filter_map(|p| p.story_id.clone()));
+        let mut shared = node_locks::shared_nodes(&batch);
+        shared.extend(stories.iter().map(|s| format!("Story:{s}")));
         let moves: Vec<CheckpointMove> = ends
             .iter()
             .map(|(&src, &(seq, ts_ns))| CheckpointMove {
@@ -88,6 +92,7 @@ impl Worker {
                 expected: self.sources[src].stored,
                 seq,
                 ts_ns,
+                back: false,
             })
             .collect();
         let (gen, graph, gate, locks) = (
@@ -239,24 +244,11 @@ impl Worker {
         // One retry loop for the whole outbox, not one built per event.
         let retrier = self.group_retrier();
         for o in outbox {
-            let js = &self.sh.js;
-            let subject = format!("{}{}", self.cfg.subject_prefix, o.event.subject);
+            let (js, prefix) = (&self.sh.js, &self.cfg.subject_prefix);
             retrier
                 .run_waiting(
                     "publish outbound event",
-                    || async {
-                        let mut h = async_nats::HeaderMap::new();
-                        h.insert("Nats-Msg-Id", o.event.msg_id.as_str());
-                        let fail = |e: String| WriteError::Nats {
-                            message: format!("outbound {}: {e}", o.event.msg_id),
-                        };
-                        js.publish_with_headers(subject.clone(), h, o.event.payload.clone().into())
-                            .await
-                            .map_err(|e| fail(e.to_string()))?
-                            .await
-                            .map_err(|e| fail(e.to_string()))?;
-                        Ok(())
-                    },
+                    || crate::sink::outbound::publish(js, prefix, &o.event),
                     || ack::progress(self, inflight),
                 )
                 .await?;

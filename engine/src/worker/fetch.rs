@@ -22,6 +22,9 @@ pub(super) struct Source {
     pub stored: u64,
     /// The consumer's messages; `None` until positioned, or after its stream broke.
     pub messages: Option<pull::Stream>,
+    /// Reading a range the stream no longer holds from its archive, up to this sequence
+    /// (`worker/archive.rs`); `None`: reading the live stream.
+    pub archive_until: Option<u64>,
 }
 
 impl Source {
@@ -33,6 +36,7 @@ impl Source {
             checkpoint: 0,
             stored: 0,
             messages: None,
+            archive_until: None,
         }
     }
 }
@@ -45,6 +49,8 @@ pub(super) enum Anomaly {
     Gap { from: u64, to: u64 },
     /// The consumer's message stream failed or ended.
     Broken(String),
+    /// The archive reader passed the end of the range read from the archive.
+    ArchiveDone,
 }
 
 /// One stream's messages of a group, in delivery order.
@@ -177,6 +183,13 @@ impl Worker {
                     return Ok((out, Some(Anomaly::Broken(why))));
                 }
             };
+            if self.sources[src]
+                .archive_until
+                .is_some_and(|until| seq > until)
+            {
+                // Past the archived range: the live stream holds the rest.
+                return Ok((out, Some(Anomaly::ArchiveDone)));
+            }
             if seq < expected {
                 // Already committed (a redelivery after a crash between commit and ack).
                 self.sh
@@ -193,7 +206,12 @@ impl Worker {
                 continue;
             }
             if seq > expected {
-                let (js, stream) = (self.sh.js.clone(), self.sources[src].stream.clone());
+                let js = self.sh.js.clone();
+                // The archive's own hole, while reading from it.
+                let stream = match self.sources[src].archive_until {
+                    Some(_) => crate::config::archive_name(&self.sources[src].stream),
+                    None => self.sources[src].stream.clone(),
+                };
                 let still_there = self
                     .retrier(src)
                     .run("check gap", || {
@@ -212,6 +230,13 @@ impl Worker {
                 return Ok((out, Some(anomaly)));
             }
             expected = seq + 1;
+            if self.sources[src].archive_until.is_some() {
+                self.sh
+                    .metrics
+                    .archive_reads
+                    .with_label_values(&[&self.cfg.projector, &self.sources[src].stream])
+                    .inc();
+            }
             out.push(Checked {
                 src,
                 msg,

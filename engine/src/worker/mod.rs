@@ -21,6 +21,7 @@
 //! streams are one transaction.
 
 mod ack;
+mod archive;
 mod commit;
 mod events;
 mod fetch;

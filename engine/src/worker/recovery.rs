@@ -296,6 +296,9 @@ impl Worker {
             Anomaly::Broken(why) => {
                 tracing::warn!(worker = %name, error = %why, "consumer stream error; repositioning");
             }
+            // Every event of the archived range before it is committed (the group ended at
+            // the first one past it): the live stream holds the rest.
+            Anomaly::ArchiveDone => self.leave_archive(src).await?,
             Anomaly::Gap { from, to } if from == self.sources[src].checkpoint + 1 => {
                 self.handle_gap(src, from, to).await?
             }
@@ -309,6 +312,12 @@ impl Worker {
     }
 
     async fn handle_gap(&mut self, src: usize, from: u64, to: u64) -> Result<(), WorkerError> {
+        // Only a range the archive cannot serve either is lost.
+        if self.sources[src].archive_until.is_none()
+            && self.heal_from_archive(src, from, to).await?
+        {
+            return Ok(());
+        }
         let (js, stream) = (self.sh.js.clone(), self.sources[src].stream.clone());
         let labels = [self.cfg.projector.as_str(), stream.as_str()];
         let first = match crate::source::bounds(&js, &stream).await {
@@ -349,7 +358,7 @@ impl Worker {
         }
         tracing::error!(worker = %self.sources[src].name, from, to, "lost range detected and recorded; continuing after it as --on-gap continue says");
         // Move both checkpoints past the hole, or the next start would find it again.
-        self.move_checkpoint(src, "move checkpoint past the hole", to)
+        self.move_checkpoint(src, "move checkpoint past the hole", to, false)
             .await
     }
 
@@ -359,6 +368,7 @@ impl Worker {
         src: usize,
         what: &str,
         to: u64,
+        back: bool,
     ) -> Result<(), WorkerError> {
         let s = &self.sources[src];
         let mv = CheckpointMove {
@@ -367,6 +377,7 @@ impl Worker {
             seq: to,
             // Nothing was read at `to` (a hole, a reset stream): no time to compare later.
             ts_ns: 0,
+            back,
         };
         let (graph, cache) = (&self.sh.graph, &self.sh.cache);
         let (gen, prefix) = (&self.cfg.generation, &self.cfg.cache_prefix);
@@ -418,7 +429,7 @@ impl Worker {
             let to = first.saturating_sub(1);
             tracing::warn!(worker = %name, checkpoint, stream_first = first, stream_last = last, "stream reset accepted (--accept-stream-reset): reading the stream from its first sequence");
             return self
-                .move_checkpoint(src, "move checkpoint to the reset stream's start", to)
+                .move_checkpoint(src, "move checkpoint to the reset stream's start", to, true)
                 .await;
         }
         let err = WorkerError::StreamReset {

@@ -98,6 +98,9 @@ impl Worker {
 
     /// Positions a stream's durable right after its checkpoint and opens its messages.
     pub(super) async fn position(&mut self, src: usize) -> Result<(), WorkerError> {
+        if self.sources[src].archive_until.is_some() {
+            return self.position_archive(src).await;
+        }
         let js = self.sh.js.clone();
         let s = &self.sources[src];
         let stream = s.stream.clone();

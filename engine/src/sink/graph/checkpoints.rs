@@ -39,6 +39,9 @@ pub struct CheckpointMove {
     /// Stream time (ns) of the message at `seq`, 0 when unknown: a later start compares
     /// it with the stream's message at `seq` to notice a stream that was recreated.
     pub ts_ns: i64,
+    /// The move may lower the checkpoint (`seq < expected`): only a stream reset the
+    /// operator accepted does; anywhere else the statement refuses it.
+    pub back: bool,
 }
 
 /// The recorded stream time of a [`cypher::CHECKPOINT_TS`] row: null (never recorded) is

@@ -152,6 +152,7 @@ impl GraphSink {
                 ("expected", (m.expected as i64).into()),
                 ("seq", (m.seq as i64).into()),
                 ("ts_ns", m.ts_ns.into()),
+                ("back", m.back.into()),
             ])
         }));
         let q = query(cypher::CHECKPOINTS_ADVANCE)
@@ -163,6 +164,16 @@ impl GraphSink {
             advanced.insert(field::<String>(&row, "id")?);
         }
         match sorted.iter().find(|m| !advanced.contains(&m.key.id())) {
+            // Refused by the statement's guard: a bug of the caller's, not another writer.
+            Some(m) if m.seq < m.expected && !m.back => Err(WriteError::Neo4jRefused {
+                code: "projector.CheckpointBackwards".into(),
+                message: format!(
+                    "checkpoint {} would move back from {} to {}",
+                    m.key.id(),
+                    m.expected,
+                    m.seq
+                ),
+            }),
             Some(m) => Err(WriteError::CheckpointMoved {
                 id: m.key.id(),
                 expected: m.expected,
@@ -183,6 +194,7 @@ mod tests {
             expected: 0,
             seq: 1,
             ts_ns: 0,
+            back: false,
         }
     }
 

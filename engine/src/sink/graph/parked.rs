@@ -98,16 +98,75 @@ impl GraphSink {
             .collect()
     }
 
-    /// Removes parked records without re-projecting them (an operator's decision).
-    pub async fn discard_parked(&self, gen: &str, ids: &[String]) -> Result<u64, WriteError> {
-        let q = query(cypher::PARKED_DISCARD)
+    /// Removes parked records without re-projecting them (an operator's decision), and moves
+    /// their stories' revisions in the same transaction (their cached views said "blocked").
+    /// Returns how many were removed and their stories.
+    pub async fn discard_parked(
+        &self,
+        gen: &str,
+        ids: &[String],
+    ) -> Result<(u64, Vec<String>), WriteError> {
+        let mut txn = self.start_txn().await?;
+        let res = async {
+            let q = query(cypher::PARKED_DISCARD)
+                .param("gen", gen)
+                .param("ids", ids.to_vec());
+            let mut rows = txn.execute(q).await.map_err(self.err())?;
+            let (n, stories) = match rows.next(txn.handle()).await.map_err(self.err())? {
+                Some(r) => (field::<i64>(&r, "n")?, field::<Vec<String>>(&r, "stories")?),
+                None => (0, Vec::new()),
+            };
+            self.bump_stories(&mut txn, gen, &stories).await?;
+            Ok((n as u64, stories))
+        }
+        .await;
+        self.finish(txn, res).await
+    }
+
+    /// Moves the revisions of `stories` in `txn`: their cached views are stale.
+    async fn bump_stories(
+        &self,
+        txn: &mut neo4rs::Txn,
+        gen: &str,
+        stories: &[String],
+    ) -> Result<(), WriteError> {
+        if stories.is_empty() {
+            return Ok(());
+        }
+        let q = query(cypher::STORY_REV_BUMP)
             .param("gen", gen)
-            .param("ids", ids.to_vec());
-        let n = match self.first_row(q).await? {
-            Some(r) => field::<i64>(&r, "n")?,
+            .param("ids", stories.to_vec());
+        let (what, n) = ("story revisions".into(), stories.len() as i64);
+        self.confirmed(txn, q, what, n, Returns::Rows).await
+    }
+
+    /// The parked backlog of `gen`: (projector, stream, kind, how many).
+    pub async fn parked_counts(
+        &self,
+        gen: &str,
+    ) -> Result<Vec<(String, String, String, i64)>, WriteError> {
+        let q = query(cypher::PARKED_COUNTS).param("gen", gen);
+        self.rows(q)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    field(r, "projector")?,
+                    field(r, "stream")?,
+                    field(r, "kind")?,
+                    field(r, "n")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// How many stories of `gen` have parked events (are blocked).
+    pub async fn blocked_story_count(&self, gen: &str) -> Result<u64, WriteError> {
+        let q = query(cypher::BLOCKED_STORY_COUNT).param("gen", gen);
+        Ok(match self.first_row(q).await? {
+            Some(r) => field::<i64>(&r, "n")? as u64,
             None => 0,
-        };
-        Ok(n as u64)
+        })
     }
 
     /// Which of `stories` still have parked records for `projector`.
@@ -141,17 +200,24 @@ impl GraphSink {
             .collect()
     }
 
-    /// Writes re-projected parked events and removes their parked records, in one transaction.
+    /// Writes re-projected parked events, removes their parked records, adds their
+    /// outbound events to the outbox and moves the revisions of `stories` (theirs), in one
+    /// transaction.
     pub async fn commit_retry(
         &self,
         gen: &str,
         projector: &str,
         batch: &CompactBatch,
         parked_ids: &[String],
+        outbox: &[super::OutboxEntry],
+        stories: &[String],
     ) -> Result<(), WriteError> {
         let mut txn = self.start_txn().await?;
         let res = async {
             self.write_ops(&mut txn, gen, batch).await?;
+            self.outbox_add(&mut txn, gen, projector, outbox).await?;
+            // The stories whose parked records go: their views no longer say "blocked".
+            self.bump_stories(&mut txn, gen, stories).await?;
             let q = query(cypher::PARKED_REMOVE)
                 .param("gen", gen)
                 .param("projector", projector)
@@ -179,7 +245,12 @@ impl GraphSink {
             .param("projector", projector)
             .param("rows", list(parked.iter().map(|p| p.row(projector))));
         let (what, n) = ("parked events".into(), parked.len() as i64);
-        self.confirmed(txn, q, what, n, Returns::Rows).await
+        self.confirmed(txn, q, what, n, Returns::Rows).await?;
+        // Their stories' views now say "blocked": a cached one is stale.
+        let stories: std::collections::BTreeSet<String> =
+            parked.iter().filter_map(|p| p.story_id.clone()).collect();
+        let stories: Vec<String> = stories.into_iter().collect();
+        self.bump_stories(txn, gen, &stories).await
     }
 }
 
