@@ -29,12 +29,16 @@ import nats
 import redis.asyncio as aioredis
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from neo4j import AsyncGraphDatabase
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError
+from nats.errors import TimeoutError as NatsTimeout
 from neo4j.exceptions import IncompleteCommit, ServiceUnavailable, SessionExpired, TransientError
 
 # What the corrected seeds redeliver rather than count as lost: deadlocks and lock timeouts
 # (TransientError), a connection that died mid-commit (IncompleteCommit: the statements are
-# MERGEs, so running them again is safe) and a driver that lost its server for a moment.
-RETRIABLE = (IncompleteCommit, ServiceUnavailable, SessionExpired, TransientError)
+# MERGEs, so running them again is safe), a driver that lost its server for a moment, and an
+# ack that NATS did not take (the message stays unacked: JetStream delivers it again).
+RETRIABLE = (IncompleteCommit, ServiceUnavailable, SessionExpired, TransientError,
+             ConnectionClosedError, ConnectionReconnectingError, NatsTimeout)
 
 GEN = "seeds-peer"
 
@@ -215,7 +219,11 @@ async def main():
         except RETRIABLE as e:  # the driver already retried what it could: ask NATS again soon
             state["redelivered"] += 1
             print(f"seeds-peer: {subject} seq {meta.sequence.stream}: redelivered after {e!r}", file=sys.stderr)
-            await msg.nak(delay=0.5)
+            try:
+                await msg.nak(delay=0.5)
+            except Exception as e2:  # NATS itself is away: still unacked, redelivered after ack_wait
+                print(f"seeds-peer: {subject} seq {meta.sequence.stream}: nak failed ({e2!r}); "
+                      "JetStream redelivers it after ack_wait", file=sys.stderr)
             return
         except Exception as e:  # the corrected seeds log, count and leave the message unacked
             state["failed"] += 1
