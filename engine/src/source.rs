@@ -8,6 +8,26 @@ use async_nats::jetstream::{
 };
 use std::time::Duration;
 
+/// The message stream a worker reads from a positioned consumer: up to `batch` messages a
+/// pull, a heartbeat every 5 s (a silent server is noticed), pulls that expire after 30 s.
+/// The live durable and the archive reader read the same way.
+pub async fn messages(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+    what: &str,
+) -> Result<pull::Stream, WriteError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| WriteError::Nats {
+            message: format!("open the message stream of {what}: {e}"),
+        })
+}
+
 /// The durable's name: one per projector and partition on each stream for the live
 /// workers (`projector-graph-p0`, whatever generation is live), and one per fixed generation.
 pub fn consumer_name(projector: &str, generation: Option<&str>, partition: u32) -> String {

@@ -7,7 +7,6 @@
 
 use super::{Worker, WorkerError};
 use crate::source;
-use std::time::Duration;
 
 impl Worker {
     /// Whether `from..=to` of a stream can be read from its archive; if so, the source
@@ -53,16 +52,7 @@ impl Worker {
             .retrier(src)
             .run("position the archive reader", || async {
                 let consumer = source::archive_reader(&js, &archive, &name, from, settings).await?;
-                consumer
-                    .stream()
-                    .max_messages_per_batch(batch)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                    .map_err(|e| crate::error::WriteError::Nats {
-                        message: format!("open the message stream of {archive}/{name}: {e}"),
-                    })
+                source::messages(&consumer, batch, &format!("{archive}/{name}")).await
             })
             .await
             .map_err(|e| self.fatal(src, e))?;

@@ -6,7 +6,7 @@
 use super::{Worker, WorkerError};
 use crate::error::WriteError;
 use crate::source;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 impl Worker {
     /// Starts (or restarts) every stream of the partition.
@@ -112,16 +112,7 @@ impl Worker {
             .retrier(src)
             .run("position consumer", || async {
                 let consumer = source::position(&js, &stream, &cname, ckpt, settings).await?;
-                consumer
-                    .stream()
-                    .max_messages_per_batch(batch)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                    .map_err(|e| WriteError::Nats {
-                        message: format!("open the message stream of {stream}/{cname}: {e}"),
-                    })
+                source::messages(&consumer, batch, &format!("{stream}/{cname}")).await
             })
             .await
             .map_err(|e| self.fatal(src, e))?;
