@@ -387,6 +387,9 @@ pub struct DlqTarget {
     /// Generation the parked records belong to (default: the live one).
     #[arg(long)]
     pub generation: Option<String>,
+    /// Who decides a retry or discard, recorded with the decision (default: $USER).
+    #[arg(long, env = "PROJECTOR_OPERATOR")]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,8 +415,10 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-project parked events in their original order (after fixing the cause). Events
-    /// that still fail stay parked, and so do the later events of their story.
+    /// Re-project parked events in their original order (after fixing the cause), recording
+    /// who and when (rebuilds honour it). Events that still fail stay parked, and so do the
+    /// later events of their story on their stream; an event behind an earlier parked event
+    /// of its story on its stream that this retry does not take is held back.
     #[command(
         after_help = "Examples:\n  projector dlq retry --story US-0042\n  projector dlq retry --all --json"
     )]
@@ -432,7 +437,8 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Drop parked events without projecting them (their story is unblocked when none is left).
+    /// Drop parked events without projecting them, recording who and when (rebuilds honour
+    /// it); their story is unblocked on a stream when none of its events there is left.
     #[command(after_help = "Example:\n  projector dlq discard graph:PLANNING_EVENTS:42")]
     Discard {
         /// Parked event ids.

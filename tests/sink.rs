@@ -52,6 +52,7 @@ fn parked(stream: &str, seq: u64, story: &str) -> ParkedRecord {
         blocked_by: None,
         dlq_seq: 1,
         ts_ns: 1_000 + seq as i64,
+        refused: false,
     }
 }
 

@@ -1,7 +1,9 @@
 //! Dead letters: parked messages go to a dead-letter stream, confirmed, with their context.
 
 use crate::error::WriteError;
+use crate::sink::graph::{DecisionRecord, ParkedView};
 use async_nats::jetstream;
+use projections::blocking::Decision;
 use async_nats::HeaderMap;
 
 /// Why and what is parked: everything an operator needs to decide, in headers.
@@ -83,7 +85,7 @@ pub enum Selection {
 }
 
 impl Selection {
-    fn takes(&self, p: &crate::sink::graph::ParkedView) -> bool {
+    fn takes(&self, p: &ParkedView) -> bool {
         match self {
             Selection::All => true,
             Selection::Story(s) => p.story_id.as_deref() == Some(s.as_str()),
@@ -116,24 +118,24 @@ pub struct RetryTarget<'a> {
     /// Emit the retried events' outbound events (`context.updated`), as a live run of this
     /// generation would: true for the live generation.
     pub publish_outbound: bool,
+    /// Who decides: recorded with each decision (D59).
+    pub by: &'a str,
 }
 
 /// Re-projects parked events in their original order (stream time, stream, sequence) and
-/// removes their parked records in the same transaction. An event that still fails stays
-/// parked, and so do the later parked events of its story.
+/// removes their parked records in the same transaction, recording the decision (who, when)
+/// for every generation's builds and lifting the blocks it empties (D59). An event that still
+/// fails stays parked, and so do the later parked events of its story on its stream; so does
+/// one behind an earlier parked event of its story on its stream that this retry does not
+/// project (`held_back`, #17 item 6).
 ///
 /// Like a live commit, the transaction also holds the events' outbound events in the
 /// outbox; once the cache is written they are published (same subjects, same
 /// deterministic message ids as a live run) and removed from it. One that cannot be
 /// published stays in the outbox, which the projector publishes when it next starts.
 pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, WriteError> {
-    let mut parked: Vec<_> = t
-        .graph
-        .parked(t.generation, Some(t.projector))
-        .await?
-        .into_iter()
-        .filter(|p| sel.takes(p))
-        .collect();
+    let all = t.graph.parked(t.generation, Some(t.projector)).await?;
+    let mut parked: Vec<_> = all.iter().filter(|p| sel.takes(p)).cloned().collect();
     parked.sort_by(|a, b| (a.ts_ns, &a.stream, a.seq).cmp(&(b.ts_ns, &b.stream, b.seq)));
     let dlq =
         t.js.get_stream(t.dlq_stream)
@@ -142,16 +144,13 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
                 message: format!("dead-letter stream {}: {e}", t.dlq_stream),
             })?;
     let mut report = RetryReport::default();
-    let mut failed_stories = std::collections::BTreeSet::new();
     let mut batch = projections::CompactBatch::default();
     let mut stories = std::collections::BTreeSet::new();
     let mut outbox = Vec::new();
     for p in &parked {
-        if let Some(s) = &p.story_id {
-            if failed_stories.contains(s) {
-                report.held_back.push(p.id.clone());
-                continue;
-            }
+        if behind_unretried(&all, p, &report.projected) {
+            report.held_back.push(p.id.clone());
+            continue;
         }
         let m = dlq
             .get_raw_message(p.dlq_seq)
@@ -169,9 +168,6 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
         };
         match projections::ingest::ingest(t.subject_prefix, &stored) {
             projections::ingest::Ingested::Rejected { error, .. } => {
-                if let Some(s) = &p.story_id {
-                    failed_stories.insert(s.clone());
-                }
                 report.still_failing.push((p.id.clone(), error.to_string()));
             }
             projections::ingest::Ingested::Projected { projection, .. } => {
@@ -192,25 +188,14 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
         }
     }
     if !report.projected.is_empty() {
-        // The stories whose parked records go (their views said "blocked").
-        let unparked: Vec<String> = parked
+        let decided: Vec<ParkedView> = parked
             .iter()
             .filter(|p| report.projected.contains(&p.id))
-            .filter_map(|p| p.story_id.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
+            .cloned()
             .collect();
-        t.graph
-            .commit_retry(
-                t.generation,
-                t.projector,
-                &batch,
-                &report.projected,
-                &outbox,
-                &unparked,
-            )
-            .await?;
-        stories.extend(unparked);
+        decide(t, Decision::Retried, &batch, &decided, &outbox).await?;
+        // The stories whose parked records went: their views said "blocked".
+        stories.extend(decided.iter().filter_map(|p| p.story_id.clone()));
         let ids: Vec<String> = stories.into_iter().collect();
         let contexts = t.graph.story_contexts(t.generation, &ids).await?;
         t.cache
@@ -247,22 +232,131 @@ async fn publish_outbox(
         .await
 }
 
-/// Removes parked events without re-projecting them (an operator's decision) and renders
-/// their stories' views again, which no longer say "blocked" by them. Returns how many
-/// were removed.
-pub async fn discard(
-    graph: &crate::sink::graph::GraphSink,
-    cache: &crate::sink::cache::CacheSink,
-    generation: &str,
-    cache_prefix: &str,
-    ids: &[String],
-) -> Result<u64, WriteError> {
-    let (n, stories) = graph.discard_parked(generation, ids).await?;
-    if !stories.is_empty() {
-        let contexts = graph.story_contexts(generation, &stories).await?;
-        cache.put_contexts(cache_prefix, &contexts, false).await?;
+/// Whether `p` has an earlier parked event of its story on its stream (in `all`) that is not
+/// among `projected`: then it stays parked behind it.
+fn behind_unretried(all: &[ParkedView], p: &ParkedView, projected: &[String]) -> bool {
+    let Some(story) = &p.story_id else {
+        return false;
+    };
+    all.iter().any(|q| {
+        q.story_id.as_ref() == Some(story)
+            && q.stream == p.stream
+            && q.seq < p.seq
+            && !projected.contains(&q.id)
+    })
+}
+
+/// Records an operator's decision about `decided` (with `batch` and `outbox`, a retry's
+/// writes and outbound events) in one transaction, moving the revisions of their stories
+/// (their views said "blocked"); each (stream, story) it leaves without parked records is
+/// lifted at the stream's end as read before the transaction (D59).
+async fn decide(
+    t: &RetryTarget<'_>,
+    decision: Decision,
+    batch: &projections::CompactBatch,
+    decided: &[ParkedView],
+    outbox: &[crate::sink::graph::OutboxEntry],
+) -> Result<Vec<(String, String, u64)>, WriteError> {
+    let mut ends = std::collections::BTreeMap::new();
+    let mut lifts = Vec::new();
+    for p in decided {
+        let Some(story) = &p.story_id else { continue };
+        if lifts
+            .iter()
+            .any(|(s, st, _): &(String, String, u64)| s == &p.stream && st == story)
+        {
+            continue;
+        }
+        if !ends.contains_key(&p.stream) {
+            let (_, last) = crate::source::bounds(t.js, &p.stream).await?;
+            ends.insert(p.stream.clone(), last);
+        }
+        lifts.push((p.stream.clone(), story.clone(), ends[&p.stream]));
     }
-    Ok(n)
+    let d = DecisionRecord {
+        decision,
+        by: t.by,
+        parked: decided,
+        lifts: &lifts,
+        outbox,
+    };
+    t.graph
+        .commit_decision(t.generation, t.projector, batch, &d)
+        .await
+}
+
+/// What a discard did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DiscardReport {
+    pub discarded: Vec<String>,
+    /// (stream, story, at): blocks this discard lifted (no parked event of the story left
+    /// on that stream); later events of the story on it project.
+    pub lifted: Vec<(String, String, u64)>,
+}
+
+/// Drops parked events without projecting them, recording the decision (who, when) for
+/// every generation's builds, lifts the blocks it empties (D59), and renders their stories'
+/// views again.
+pub async fn discard(t: &RetryTarget<'_>, ids: &[String]) -> Result<DiscardReport, WriteError> {
+    let decided: Vec<ParkedView> = t
+        .graph
+        .parked(t.generation, Some(t.projector))
+        .await?
+        .into_iter()
+        .filter(|p| ids.contains(&p.id))
+        .collect();
+    if decided.is_empty() {
+        return Ok(DiscardReport::default());
+    }
+    let batch = projections::CompactBatch::default();
+    let lifted = decide(t, Decision::Discarded, &batch, &decided, &[]).await?;
+    // Their stories' views no longer say "blocked" by them.
+    let stories: Vec<String> = decided
+        .iter()
+        .filter_map(|p| p.story_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !stories.is_empty() {
+        let contexts = t.graph.story_contexts(t.generation, &stories).await?;
+        t.cache
+            .put_contexts(t.cache_prefix, &contexts, false)
+            .await?;
+    }
+    Ok(DiscardReport {
+        discarded: decided.into_iter().map(|p| p.id).collect(),
+        lifted,
+    })
+}
+
+/// Keeps parked events' reasons true after decisions (#17 item 9): an event parked behind
+/// one that an operator has since discarded or re-projected says so, and by whom; it stays
+/// parked (the block holds until none of the story's events on the stream is parked).
+pub fn current_reasons(parked: &mut [ParkedView], rulings: &[crate::sink::graph::RulingView]) {
+    let still: std::collections::BTreeSet<String> = parked.iter().map(|p| p.id.clone()).collect();
+    for p in parked.iter_mut() {
+        let Some(by) = p.blocked_by.clone() else { continue };
+        if still.contains(&by) {
+            continue;
+        }
+        let Some(r) = rulings.iter().find(|r| {
+            projections::blocking::parked_id(&p.projector, &r.stream, r.seq) == by
+        }) else {
+            continue;
+        };
+        let what = match r.ruling.decision {
+            Some(Decision::Discarded) => "discarded",
+            Some(Decision::Retried) => "re-projected",
+            None => continue,
+        };
+        p.reason = format!(
+            "{}; {by} has since been {what} by {} (at {} ms since the epoch): this event stays parked until it is retried or discarded",
+            p.reason,
+            // A decision recorded without a name prints as unknown.
+            r.by.as_deref().unwrap_or("-"),
+            r.at_ms.map_or("-".to_string(), |t| t.to_string())
+        );
+    }
 }
 
 /// The ids among `ids` that name no parked event of `projector` in `generation`: a typo

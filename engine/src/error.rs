@@ -25,6 +25,10 @@ pub enum WriteError {
     /// Another writer moved the checkpoint since it was read: this batch must not commit.
     #[error("checkpoint {id} is no longer at {expected}: another writer moved it")]
     CheckpointMoved { id: String, expected: u64 },
+    /// An operator's retry or discard lifted the block an event was to be parked behind
+    /// (D59): the group is routed again with the lift.
+    #[error("the block of {id} was lifted by an operator's decision")]
+    BlockLifted { id: String },
     /// A rebuilt generation was promoted: live workers move to it before writing again.
     #[error("the live generation moved from {from} to {to}")]
     GenerationMoved { from: String, to: String },
@@ -71,9 +75,9 @@ impl WriteError {
             | WriteError::Neo4jTransient { .. }
             | WriteError::Valkey { .. }
             | WriteError::Nats { .. } => Action::Retry,
-            WriteError::CheckpointMoved { .. } | WriteError::GenerationMoved { .. } => {
-                Action::Reposition
-            }
+            WriteError::CheckpointMoved { .. }
+            | WriteError::GenerationMoved { .. }
+            | WriteError::BlockLifted { .. } => Action::Reposition,
             WriteError::Neo4jRefused { code, .. } if OUR_BUG_CODES.contains(&code.as_str()) => {
                 Action::Halt
             }
@@ -95,6 +99,7 @@ impl WriteError {
             WriteError::Unconfirmed { .. } => "unconfirmed",
             WriteError::CheckpointMoved { .. } => "checkpoint_moved",
             WriteError::GenerationMoved { .. } => "generation_moved",
+            WriteError::BlockLifted { .. } => "block_lifted",
             WriteError::Valkey { .. } => "valkey",
             WriteError::Nats { .. } => "nats",
         }
@@ -183,6 +188,12 @@ mod tests {
                 WriteError::GenerationMoved {
                     from: "main".into(),
                     to: "g2".into(),
+                },
+                Action::Reposition,
+            ),
+            (
+                WriteError::BlockLifted {
+                    id: "p:S:7".into(),
                 },
                 Action::Reposition,
             ),

@@ -16,6 +16,7 @@
 //! # Ok::<(), projections::DecodeError>(())
 //! ```
 
+pub mod blocking;
 pub mod context;
 pub mod decode;
 pub mod envelope;

@@ -275,6 +275,13 @@ pub async fn build_generation(
     let cache = CacheSink::connect(&cfg.valkey).await?;
     graph.ensure_schema().await?;
     let prefix = cache.gen_prefix(name, false);
+    let parking = crate::parking::Parking::build(
+        &graph,
+        name,
+        projector,
+        &cfg.dead_letters.subject_prefix,
+    )
+    .await?;
     let target = ReplayTarget {
         js: &js,
         graph: &graph,
@@ -282,6 +289,7 @@ pub async fn build_generation(
         generation: name,
         cache_prefix: &prefix,
         subject_prefix: &cfg.subject_prefix,
+        parking: &parking,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {
@@ -309,7 +317,10 @@ pub async fn build_generation(
     .await;
     signals.abort();
     let reports = reports?;
-    let events: u64 = reports.iter().map(|r| r.projected + r.undecodable).sum();
+    let events: u64 = reports
+        .iter()
+        .map(|r| r.projected + r.undecodable + r.parked + r.discarded)
+        .sum();
     if reports.iter().any(|r| !r.completed) {
         return Err(RebuildError::Failed(format!(
             "rebuild of {name} interrupted after {events} events; run the same command to resume"
@@ -321,7 +332,9 @@ pub async fn build_generation(
         events,
         seconds = format!("{secs:.1}"),
         rate = (events as f64 / secs.max(1e-9)) as u64,
-        "replayed the streams into the generation"
+        parked = reports.iter().map(|r| r.parked).sum::<u64>(),
+        discarded = reports.iter().map(|r| r.discarded).sum::<u64>(),
+        "replayed the streams into the generation (parked: left out as live left them out, D59)"
     );
     if as_of.is_none() {
         // Events that arrived during the replay: the same workers as `run`, into `name`.

@@ -2,5 +2,6 @@
 
 pub mod generation;
 pub mod hash;
+pub mod parking;
 pub mod rebuild;
 pub mod replay;

@@ -12,9 +12,10 @@ use async_nats::jetstream::{
 };
 use engine::error::WriteError;
 use engine::sink::cache::CacheSink;
-use engine::sink::graph::{CheckpointKey, CheckpointMove, GraphSink};
+use crate::parking::{park, Replayed, ToPark};
+use engine::sink::graph::{CheckpointKey, CheckpointMove, GraphSink, ParkedRecord};
 use futures::StreamExt;
-use projections::ingest::{ingest, Ingested, Stored};
+use projections::ingest::{ingest, Stored};
 use projections::{CacheOp, CompactBatch};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct ReplayTarget<'a> {
     pub generation: &'a str,
     pub cache_prefix: &'a str,
     pub subject_prefix: &'a str,
+    /// How a message's parking is decided, as live decides it (D59).
+    pub parking: &'a crate::parking::Parking,
 }
 
 /// What to replay.
@@ -78,8 +81,13 @@ pub struct StreamRange {
 pub struct StreamReport {
     pub stream: String,
     pub projected: u64,
-    /// Messages that do not decode: the live projector parked them; a replay skips them.
+    /// Messages left out that do not decode (a replay on top: the live projector parked
+    /// them) or that the generation holds parked.
     pub undecodable: u64,
+    /// Messages a build parked into its generation (as live did, D59).
+    pub parked: u64,
+    /// Messages an operator discarded: left out.
+    pub discarded: u64,
     pub last: u64,
     pub completed: bool,
 }
@@ -280,6 +288,7 @@ pub async fn replay_stream(
             return Ok(report);
         }
         let mut batch = CompactBatch::default();
+        let mut parked = Vec::new();
         let mut stories = BTreeSet::new();
         let mut last = report.last;
         // Stream time of the message at `last` (0: none read in this batch).
@@ -313,17 +322,35 @@ pub async fn replay_stream(
                 content_type: ct,
                 payload: &msg.payload,
             };
-            match ingest(t.subject_prefix, &stored) {
-                Ingested::Projected { projection, .. } => {
+            let ingested = ingest(t.subject_prefix, &stored);
+            match t.parking.decide(&req.projector, &range.stream, seq, ingested) {
+                Replayed::Project(projection) => {
                     batch.extend(&projection.graph);
                     for CacheOp::RefreshContext { story_id, .. } in &projection.cache {
                         stories.insert(story_id.clone());
                     }
                     report.projected += 1;
                 }
-                Ingested::Rejected { error, .. } => {
-                    tracing::debug!(stream = %range.stream, seq, error = %error, "skipping a message that does not decode (parked by the live projector)");
+                Replayed::Skip { discarded: true } => report.discarded += 1,
+                Replayed::Skip { discarded: false } => {
+                    tracing::debug!(stream = %range.stream, seq, "skipping a message the live projector parked");
                     report.undecodable += 1;
+                }
+                p @ Replayed::Park { .. } => {
+                    let Some(prefix) = t.parking.dlq_subject_prefix() else {
+                        unreachable!("only a build parks");
+                    };
+                    let m = ToPark {
+                        projector: &req.projector,
+                        stream: &range.stream,
+                        seq,
+                        ts_ns: ts,
+                        subject: &msg.subject,
+                        content_type: ct,
+                        payload: &msg.payload,
+                    };
+                    parked.push(park(t.js, prefix, &m, p).await?);
+                    report.parked += 1;
                 }
             }
             last = seq;
@@ -353,7 +380,7 @@ pub async fn replay_stream(
                 ts_ns: last_ts,
                 back: false,
             };
-            commit_with_retry(t, &batch, &mv).await?;
+            commit_with_retry(t, &batch, &parked, &mv).await?;
             expected_progress = last;
             report.last = last;
             if !stories.is_empty() {
@@ -378,13 +405,14 @@ pub async fn replay_stream(
 async fn commit_with_retry(
     t: &ReplayTarget<'_>,
     batch: &CompactBatch,
+    parked: &[ParkedRecord],
     mv: &CheckpointMove,
 ) -> Result<(), ReplayError> {
     // A moved checkpoint is not retried: another replay of this generation is running.
     engine::retry::Retrier::bounded(engine::retry::Backoff::default(), 30)
         .run("commit replayed batch", || {
             t.graph
-                .commit_batch(t.generation, batch, &[], &[], mv, false)
+                .commit_batch(t.generation, batch, parked, &[], mv, false)
         })
         .await
         .map_err(ReplayError::from)

@@ -22,7 +22,9 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
     match cmd {
         DlqCommand::List { target, json } => {
             let generation = target_gen(&target);
-            let parked = graph.parked(&generation, Some(&target.projector)).await?;
+            let mut parked = graph.parked(&generation, Some(&target.projector)).await?;
+            let rulings = graph.rulings(&target.projector).await?;
+            engine::dlq::current_reasons(&mut parked, &rulings);
             if json {
                 println!(
                     "{}",
@@ -107,6 +109,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
                     dlq_stream: &cfg.dead_letters.stream,
                     cache_prefix: &cache_prefix,
                     publish_outbound: generation == live,
+                    by: &operator(&target),
                 },
                 &sel,
             )
@@ -138,24 +141,54 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CliError> {
         DlqCommand::Discard { ids, target, json } => {
             let generation = target_gen(&target);
             unknown_ids(&graph, &generation, &target.projector, &ids).await?;
+            let client = engine::nats::connect(&cfg.nats).await?;
+            let js = async_nats::jetstream::new(client);
             let cache = CacheSink::connect(&cfg.valkey).await?;
             let cache_prefix = cache.gen_prefix(&generation, generation == live);
-            let n = engine::dlq::discard(&graph, &cache, &generation, &cache_prefix, &ids).await?;
+            let report = engine::dlq::discard(
+                &RetryTarget {
+                    js: &js,
+                    graph: &graph,
+                    cache: &cache,
+                    generation: &generation,
+                    projector: &target.projector,
+                    subject_prefix: &cfg.subject_prefix,
+                    dlq_stream: &cfg.dead_letters.stream,
+                    cache_prefix: &cache_prefix,
+                    publish_outbound: false,
+                    by: &operator(&target),
+                },
+                &ids,
+            )
+            .await?;
+            let n = report.discarded.len();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"discarded": n, "asked": ids.len(), "generation": generation})
+                    serde_json::json!({"discarded": n, "asked": ids.len(), "generation": generation, "lifted": report.lifted})
                 );
             } else {
                 println!("discarded {n} parked event(s)");
+                for (stream, story, at) in &report.lifted {
+                    println!("story {story} unblocked on {stream} after sequence {at}");
+                }
             }
-            Ok(if n as usize == ids.len() {
+            Ok(if n == ids.len() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
         }
     }
+}
+
+/// Who decides: `--by`, else the user running the command.
+fn operator(t: &crate::cli::DlqTarget) -> String {
+    t.by.clone()
+        // No USER (or not Unicode): the next fallback names nobody.
+        .or_else(|| std::env::var("USER").ok())
+        // Nobody named: the decision is still recorded, with who unknown.
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Prints a parked event: its record, its headers sorted by name, and its payload as text

@@ -44,6 +44,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
     super::known_generation(&graph, a.generation.as_deref()).await?;
     let generation = a.generation.clone().unwrap_or_else(|| live_gen.clone());
     let cache_prefix = cache.gen_prefix(&generation, generation == live_gen);
+    let parking = replay::parking::Parking::on_top(&graph, &generation, &a.projector).await?;
     let target = ReplayTarget {
         js: &js,
         graph: &graph,
@@ -51,6 +52,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
         generation: &generation,
         cache_prefix: &cache_prefix,
         subject_prefix: &cfg.subject_prefix,
+        parking: &parking,
     };
     let req = ReplayRequest {
         projector: a.projector.clone(),

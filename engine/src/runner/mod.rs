@@ -15,7 +15,6 @@ use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::source::ConsumerSettings;
 use crate::worker::{Exit, OnError, OnGap, Shared, WorkerConfig, WorkerError};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,7 +146,7 @@ pub async fn connect(cfg: &Config, health: Health, metrics: Metrics) -> Result<S
         cache,
         metrics,
         health,
-        blocked: Arc::new(Mutex::new(BTreeMap::new())),
+        blocked: Arc::new(Mutex::new(Default::default())),
         graph_gate: Arc::new(tokio::sync::Semaphore::new(
             // At least 1 by config validation (`[neo4j] max_concurrent_writes`).
             cfg.neo4j.max_concurrent_writes,

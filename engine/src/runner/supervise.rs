@@ -12,7 +12,7 @@ use crate::config::ProjectorEntry;
 use crate::leases::Leases;
 use crate::supervisor::{Key, Supervisor};
 use crate::worker::{Exit, Shared, TransactionPer, Worker};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -133,21 +133,8 @@ impl Loop<'_> {
                 }
                 continue;
             }
-            // Stories parked by the partition's previous holder stay blocked here.
-            match self.shared.graph.blocked_stories(gen, &p.name).await {
-                Ok(b) => self.sh[i]
-                    .blocked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(b),
-                Err(e) => {
-                    tracing::warn!(projector = %p.name, partition = part, error = %e, "cannot read the blocked stories; giving the partition back");
-                    if let Err(e) = l.release(part).await {
-                        tracing::warn!(projector = %p.name, partition = part, error = %e, "cannot release the lease; it expires by itself");
-                    }
-                    continue;
-                }
-            }
+            // Stories parked by the partition's previous holder stay blocked here: its worker
+            // reads them from the generation as it starts (worker/start.rs).
             self.spawn(i, part, self.base.cfg.partitions.count);
             tracing::info!(projector = %p.name, partition = part, instance = %self.base.opts.instance, "partition acquired; its worker starts from the stored checkpoints");
         }
@@ -189,7 +176,7 @@ pub(super) async fn supervise(
         sh: projectors
             .iter()
             .map(|_| Shared {
-                blocked: Arc::new(Mutex::new(BTreeMap::new())),
+                blocked: Arc::new(Mutex::new(Default::default())),
                 ..shared.clone()
             })
             .collect(),
@@ -197,16 +184,7 @@ pub(super) async fn supervise(
         handing_over: BTreeSet::new(),
     };
     if leases.is_none() {
-        for (i, p) in projectors.iter().enumerate() {
-            let blocked = shared
-                .graph
-                .blocked_stories(base.generation, &p.name)
-                .await?;
-            lp.sh[i]
-                .blocked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(blocked);
+        for i in 0..projectors.len() {
             lp.spawn(i, 0, 1);
         }
     }

@@ -34,6 +34,10 @@ pub fn schema() -> Vec<String> {
         "CREATE INDEX decision_story IF NOT EXISTS FOR (n:Decision) ON (n.gen, n.story_id)".into(),
     );
     out.push("CREATE INDEX task_status IF NOT EXISTS FOR (n:Task) ON (n.gen, n.status)".into());
+    // Rulings and lifts belong to no generation (D59): every build of the streams reads them.
+    out.push("CREATE CONSTRAINT ruling_id IF NOT EXISTS FOR (n:Ruling) REQUIRE n.id IS UNIQUE".into());
+    out.push("CREATE CONSTRAINT block_lift_id IF NOT EXISTS FOR (n:BlockLift) REQUIRE n.id IS UNIQUE".into());
+    out.push("CREATE CONSTRAINT block_fence_id IF NOT EXISTS FOR (n:BlockFence) REQUIRE n.id IS UNIQUE".into());
     out.push("CREATE INDEX parked_story IF NOT EXISTS FOR (n:ParkedEvent) ON (n.gen, n.projector, n.story_id)".into());
     // The story view's "blocked by" reads a story's parked events of every projector.
     out.push(
@@ -218,12 +222,66 @@ pub const LOST_RANGES: &str = "MATCH (l:LostRange {gen: $gen}) \
 // ---- Parked events (sink/graph/parked.rs) ----
 
 /// Parked events: the operator's view of the dead letters, and the per-story block list.
+/// A row Neo4j refused (`row.refused`) also records its [`Ruling`](RULINGS), for every
+/// generation: a rebuild parks it too (D59).
 pub const PARK: &str = "UNWIND $rows AS row \
      MERGE (p:ParkedEvent {gen: $gen, id: row.id}) \
      SET p.projector = $projector, p.stream = row.stream, p.seq = row.seq, p.subject = row.subject, \
          p.story_id = row.story_id, p.reason = row.reason, p.kind = row.kind, \
          p.blocked_by = row.blocked_by, p.dlq_seq = row.dlq_seq, p.ts_ns = row.ts_ns \
+     FOREACH (_ IN CASE WHEN row.refused THEN [1] ELSE [] END | \
+         MERGE (r:Ruling {id: row.id}) \
+         ON CREATE SET r.projector = $projector, r.stream = row.stream, r.seq = row.seq, \
+             r.refused_reason = row.reason, r.refused_ms = timestamp() \
+         SET r.refused = true) \
      RETURN count(p) AS rows";
+
+/// The fence of parked-behind rows (`$rows`: `{id, fence, stream, story_id, seq,
+/// blocked_seq}`): takes the write lock of each (projector, stream, story)'s fence node, the
+/// one an operator's decision takes first, then returns the ids of rows that a recorded lift
+/// covers (lifted after their blocker, before them): the worker routes them again.
+pub const BLOCK_FENCE: &str = "UNWIND $rows AS row \
+     MERGE (f:BlockFence {id: row.fence}) SET f._lock = true REMOVE f._lock \
+     WITH row WHERE EXISTS { \
+         MATCH (l:BlockLift {projector: $projector, stream: row.stream, story: row.story_id}) \
+         WHERE l.at >= row.blocked_seq AND l.at < row.seq } \
+     RETURN row.id AS id";
+
+/// Records an operator's decision (`$decision`: discard or retry) about parked events
+/// (`$rows`: `{id, stream, seq}`), with who and when (`rows`: how many).
+pub const RULINGS_DECIDE: &str = "UNWIND $rows AS row \
+     MERGE (r:Ruling {id: row.id}) \
+     ON CREATE SET r.projector = $projector, r.stream = row.stream, r.seq = row.seq, r.refused = false \
+     SET r.decision = $decision, r.by = $by, r.at_ms = timestamp() \
+     RETURN count(r) AS rows";
+
+/// Every ruling of `$projector`: `stream`, `seq`, `refused`, `decision`, `by`, `at_ms`
+/// (`decision`, `by` and `at_ms` null for a refusal nobody decided on yet).
+pub const RULINGS: &str = "MATCH (r:Ruling) WHERE r.projector = $projector \
+     RETURN r.stream AS stream, r.seq AS seq, coalesce(r.refused, false) AS refused, \
+            r.decision AS decision, r.by AS by, r.at_ms AS at_ms";
+
+/// Locks the fences of (stream, story) pairs (`$keys`: `{fence}`) before an operator's
+/// decision writes, so that a worker parking behind one of them waits for the decision.
+pub const BLOCK_FENCE_LOCK: &str = "UNWIND $keys AS k \
+     MERGE (f:BlockFence {id: k.fence}) SET f._lock = true REMOVE f._lock \
+     RETURN count(f) AS rows";
+
+/// After an operator's decision: lifts the block of each (stream, story) of `$keys`
+/// (`{fence, stream, story, at}`) that has no parked record left in `$gen`, at stream
+/// position `at` (the stream's end before the decision). Returns the lifts recorded.
+pub const BLOCK_LIFT: &str = "UNWIND $keys AS k \
+     WITH k WHERE NOT EXISTS { \
+         MATCH (p:ParkedEvent {gen: $gen, projector: $projector, story_id: k.story}) \
+         WHERE p.stream = k.stream } \
+     MERGE (l:BlockLift {id: k.fence + ':' + toString(k.at)}) \
+     ON CREATE SET l.projector = $projector, l.stream = k.stream, l.story = k.story, \
+         l.at = k.at, l.by = $by, l.at_ms = timestamp() \
+     RETURN l.stream AS stream, l.story AS story, l.at AS at";
+
+/// Every lift of `$projector`: `stream`, `story`, `at`.
+pub const BLOCK_LIFTS: &str = "MATCH (l:BlockLift) WHERE l.projector = $projector \
+     RETURN l.stream AS stream, l.story AS story, l.at AS at";
 
 /// Parked records of one projector (`$projector` null: all), in stream order.
 pub const PARKED: &str = "MATCH (p:ParkedEvent {gen: $gen}) \
@@ -238,12 +296,6 @@ pub const PARKED_REMOVE: &str = "UNWIND $ids AS id \
      MATCH (p:ParkedEvent {gen: $gen, id: id}) WHERE p.projector = $projector \
      DELETE p RETURN count(*) AS rows";
 
-/// Removes parked records an operator discards (`n`: how many; `stories`: theirs, whose
-/// revisions the same transaction moves so no cached view still says "blocked").
-pub const PARKED_DISCARD: &str = "UNWIND $ids AS id \
-     MATCH (p:ParkedEvent {gen: $gen, id: id}) WITH p, p.story_id AS sid DELETE p \
-     RETURN count(*) AS n, collect(DISTINCT sid) AS stories";
-
 /// The parked backlog of a generation: `projector`, `stream`, `kind`, `n`.
 pub const PARKED_COUNTS: &str = "MATCH (p:ParkedEvent {gen: $gen}) \
      RETURN p.projector AS projector, p.stream AS stream, p.kind AS kind, count(*) AS n \
@@ -253,15 +305,13 @@ pub const PARKED_COUNTS: &str = "MATCH (p:ParkedEvent {gen: $gen}) \
 pub const BLOCKED_STORY_COUNT: &str = "MATCH (p:ParkedEvent {gen: $gen}) \
      WHERE p.story_id IS NOT NULL RETURN count(DISTINCT p.story_id) AS n";
 
-/// Which of the stories `$ids` still have parked records for `$projector`: `s`.
-pub const STILL_BLOCKED: &str = "MATCH (p:ParkedEvent {gen: $gen, projector: $projector}) \
-     WHERE p.story_id IN $ids RETURN DISTINCT p.story_id AS s";
-
-/// Stories with parked records for `$projector`, and the first of them in stream order.
+/// Per (story, stream) with parked records for `$projector`: the first of them by sequence
+/// (`first`) and the event it was parked behind (`by`, null if it parked for itself).
 pub const BLOCKED_STORIES: &str = "MATCH (p:ParkedEvent {gen: $gen, projector: $projector}) \
      WHERE p.story_id IS NOT NULL \
-     WITH p.story_id AS story, p ORDER BY p.stream, p.seq \
-     RETURN story, collect(p.id)[0] AS first";
+     WITH p ORDER BY p.seq \
+     WITH p.story_id AS story, p.stream AS stream, collect(p)[0] AS f \
+     RETURN story, stream, f.id AS first, f.blocked_by AS by";
 
 // ---- The outbox (sink/graph/outbox.rs) ----
 

@@ -128,16 +128,6 @@ impl Worker {
             self.sources[src].checkpoint = seq;
             self.sources[src].stored = seq;
         }
-        for p in &parked {
-            if let Some(s) = &p.story_id {
-                self.sh
-                    .blocked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(s.clone())
-                    .or_insert_with(|| p.id(&self.cfg.projector));
-            }
-        }
         let ckpts: Vec<(CheckpointKey, u64)> = ends
             .iter()
             .map(|(&src, &(seq, _))| (self.sources[src].key.clone(), seq))
@@ -163,6 +153,7 @@ impl Worker {
                 kind,
                 reason,
                 blocked_by,
+                refused,
             } = &it.route
             else {
                 continue;
@@ -201,6 +192,7 @@ impl Worker {
                 blocked_by: blocked_by.clone(),
                 dlq_seq,
                 ts_ns: it.ts_ns,
+                refused: *refused,
             });
         }
         Ok(parked)

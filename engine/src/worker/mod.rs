@@ -118,8 +118,9 @@ pub struct Shared {
     pub cache: CacheSink,
     pub metrics: Metrics,
     pub health: Health,
-    /// Stories with a parked event, per projector: later events of theirs are parked behind it.
-    pub blocked: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Per projector, the parking rule's state (D58): blocked (story, stream) pairs, the
+    /// lifts and rulings recorded by operators' decisions and refused writes.
+    pub blocked: Arc<Mutex<projections::blocking::Blocks>>,
     /// Admits graph transactions (`[neo4j] max_concurrent_writes` at a time, across the
     /// partitions this process holds).
     pub graph_gate: Arc<tokio::sync::Semaphore>,

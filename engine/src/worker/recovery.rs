@@ -136,15 +136,24 @@ impl Worker {
 
     /// One event per transaction, in route order; the offender is parked (or halts).
     async fn isolate(&mut self, items: Vec<Item>) -> Result<(), WorkerError> {
-        let mut local_blocked: BTreeMap<String, String> = BTreeMap::new();
         for mut item in items {
+            // An event refused earlier in this group blocks its story's later events on its
+            // stream (the rule's state holds it since it was refused, below).
             if let (Route::Project { .. }, Some(story)) = (&item.route, item.story()) {
-                if let Some(first) = local_blocked.get(story) {
+                let stream = &self.sources[item.src].stream;
+                let blocker = self
+                    .sh
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .blocker(stream, story, item.seq);
+                if let Some(b) = blocker.filter(|b| b.seq < item.seq) {
                     item.route = Route::Park {
                         story_id: Some(story.to_string()),
                         kind: "story_blocked".into(),
-                        reason: blocked_reason(story, first),
-                        blocked_by: Some(first.clone()),
+                        reason: blocked_reason(story, &b.id),
+                        blocked_by: Some(b.id),
+                        refused: false,
                     };
                 }
             }
@@ -174,20 +183,32 @@ impl Worker {
             }
             tracing::error!(worker = %self.name, stream = %self.sources[item.src].stream, seq = item.seq, subject = %item.subject, story = ?item.story(), error = %e, "write refused; parking the event");
             let story = item.story().map(str::to_string);
-            if let Some(s) = &story {
-                local_blocked.insert(
-                    s.clone(),
-                    format!(
-                        "{}:{}:{}",
-                        self.cfg.projector, self.sources[item.src].stream, item.seq
-                    ),
-                );
+            let stream = self.sources[item.src].stream.clone();
+            {
+                let mut b = self.sh.blocked.lock().unwrap_or_else(|e| e.into_inner());
+                // Recorded with the parked record, so every generation's build parks it too.
+                b.rule(&stream, item.seq, projections::blocking::Ruling::REFUSED);
+                if let Some(s) = &story {
+                    b.block(
+                        &stream,
+                        s,
+                        projections::blocking::Blocker {
+                            id: projections::blocking::parked_id(
+                                &self.cfg.projector,
+                                &stream,
+                                item.seq,
+                            ),
+                            seq: item.seq,
+                        },
+                    );
+                }
             }
             item.route = Route::Park {
                 story_id: story,
                 kind: e.kind().to_string(),
                 reason: e.to_string(),
                 blocked_by: None,
+                refused: true,
             };
             let single = vec![item];
             if let Err(f) = self.commit_group(&single).await {

@@ -1,14 +1,16 @@
 //! What each message of a group becomes, before any write: projected, parked (it does not
-//! decode, or its story has an earlier parked event), or another partition's. Decided
-//! through [`projections::ingest`] (the one ingest path) in one deterministic order across
-//! the streams: merged by stream time, then stream, each stream in sequence order.
+//! decode, Neo4j refused it before, or its story has an earlier parked event on the same
+//! stream), discarded by an operator, or another partition's. Decided through
+//! [`projections::ingest`] (the one ingest path) and [`projections::blocking`] (the one
+//! parking rule, D58), so a replay or rebuild decides each message the same way.
 
 use super::fetch::{Anomaly, Checked, Fetched};
 use super::{Worker, WorkerError};
 use async_nats::jetstream;
+use projections::blocking::Outcome;
 use projections::ingest::{ingest, Ingested, Stored};
 use projections::Projection;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 /// What a message turned into.
 pub(super) enum Route {
@@ -21,8 +23,11 @@ pub(super) enum Route {
         kind: String,
         reason: String,
         blocked_by: Option<String>,
+        /// Parked because Neo4j refused its writes (recorded as a ruling, D59).
+        refused: bool,
     },
-    /// Another partition's event: acked, nothing written (its own worker projects it).
+    /// Another partition's event (its own worker projects it), or one an operator discarded
+    /// (D59): acked, nothing written.
     Elsewhere,
 }
 
@@ -62,7 +67,7 @@ fn content_type(msg: &jetstream::Message) -> Option<String> {
 /// The reason an event is parked behind an earlier parked event of its story.
 pub(super) fn blocked_reason(story: &str, first: &str) -> String {
     format!(
-        "story {story} has an earlier parked event ({first}); parked behind it to keep the story's order"
+        "story {story} has an earlier parked event on this stream ({first}); parked behind it to keep the story's order"
     )
 }
 
@@ -96,25 +101,12 @@ impl Worker {
             checked.extend(parts[i].pop_front());
         }
         if !checked.is_empty() {
-            self.refresh_blocked().await;
+            self.refresh_lifts().await;
         }
-        let mut batch_blocked: BTreeMap<String, String> = BTreeMap::new();
         let mut items = Vec::with_capacity(checked.len());
         for c in checked {
             let subject = c.msg.subject.to_string();
-            let route = self.decide(&c, &subject, &batch_blocked);
-            if let Route::Park {
-                story_id: Some(story),
-                ..
-            } = &route
-            {
-                batch_blocked.entry(story.clone()).or_insert_with(|| {
-                    format!(
-                        "{}:{}:{}",
-                        self.cfg.projector, self.sources[c.src].stream, c.seq
-                    )
-                });
-            }
+            let route = self.decide(&c, &subject);
             items.push(Item {
                 src: c.src,
                 msg: c.msg,
@@ -126,53 +118,50 @@ impl Worker {
                 route,
             });
         }
+        let lifted = self
+            .sh
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_unblocked();
+        for (story, stream, at) in lifted {
+            tracing::info!(worker = %self.name, story, stream, lifted_at = at, "story unblocked on this stream: an operator's retry or discard left none of its events parked");
+        }
         Ok((items, anomalies))
     }
 
-    /// Drops stories from the block list once an operator retried or discarded their parked
-    /// events (`projector dlq`). Checked before each group while the list is non-empty: one
-    /// indexed query, and an unblocked story is never parked by a stale list.
-    async fn refresh_blocked(&mut self) {
-        let stories: Vec<String> = {
-            let b = self.sh.blocked.lock().unwrap_or_else(|e| e.into_inner());
-            if b.is_empty() {
-                return;
-            }
-            b.keys().cloned().collect()
-        };
-        match self
+    /// Reads the lifts an operator's decision recorded (`projector dlq retry|discard`), while
+    /// some story is blocked: one query before each group, so a lifted story's next events
+    /// project. A lift this misses is caught by the commit's fence (D59).
+    async fn refresh_lifts(&mut self) {
+        let empty = self
             .sh
-            .graph
-            .still_blocked(&self.cfg.generation, &self.cfg.projector, &stories)
-            .await
-        {
-            Ok(still) => {
-                let still: BTreeSet<String> = still.into_iter().collect();
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if empty {
+            return;
+        }
+        match self.sh.graph.lifts(&self.cfg.projector).await {
+            Ok(lifts) => {
                 let mut b = self.sh.blocked.lock().unwrap_or_else(|e| e.into_inner());
-                b.retain(|story, _| {
-                    let keep = still.contains(story);
-                    if !keep {
-                        tracing::info!(worker = %self.name, story, "story unblocked: its parked events were retried or discarded");
-                    }
-                    keep
-                });
+                for (stream, story, at) in lifts {
+                    b.lift(&stream, &story, at);
+                }
             }
-            // Keeping the list is the safe side: at worst a story stays blocked a while longer.
+            // Keeping the blocks is the safe side: a lift missed here fences the commit.
             Err(e) => {
-                tracing::warn!(worker = %self.name, error = %e, "cannot refresh the blocked stories; keeping the list")
+                tracing::warn!(worker = %self.name, error = %e, "cannot read the lifted blocks; keeping the list")
             }
         }
     }
 
-    fn decide(
-        &self,
-        c: &Checked,
-        subject: &str,
-        batch_blocked: &BTreeMap<String, String>,
-    ) -> Route {
+    fn decide(&self, c: &Checked, subject: &str) -> Route {
         let ct = content_type(&c.msg);
+        let stream = &self.sources[c.src].stream;
         let stored = Stored {
-            stream: &self.sources[c.src].stream,
+            stream,
             seq: c.seq,
             ts_ns: c.ts_ns,
             subject,
@@ -186,40 +175,57 @@ impl Worker {
         {
             return Route::Elsewhere;
         }
-        match ingested {
-            Ingested::Rejected { story_id, error } => Route::Park {
-                story_id,
-                kind: error.kind().to_string(),
-                reason: error.to_string(),
-                blocked_by: None,
-            },
+        let projects = matches!(ingested, Ingested::Projected { .. });
+        let outcome = self
+            .sh
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .decide(
+                &self.cfg.projector,
+                stream,
+                c.seq,
+                ingested.story_id(),
+                projects,
+            );
+        route_of(outcome, ingested)
+    }
+}
+
+/// The route of an ingested message given its outcome under the parking rule.
+pub(super) fn route_of(outcome: Outcome, ingested: Ingested) -> Route {
+    match (outcome, ingested) {
+        (Outcome::Discarded, _) => Route::Elsewhere,
+        (_, Ingested::Rejected { story_id, error }) => Route::Park {
+            story_id,
+            kind: error.kind().to_string(),
+            reason: error.to_string(),
+            blocked_by: None,
+            refused: false,
+        },
+        (Outcome::Blocked { by }, Ingested::Projected { story_id, .. }) => Route::Park {
+            reason: blocked_reason(story_id.as_deref().unwrap_or("-"), &by),
+            story_id,
+            kind: "story_blocked".into(),
+            blocked_by: Some(by),
+            refused: false,
+        },
+        (Outcome::Parked, Ingested::Projected { story_id, .. }) => Route::Park {
+            story_id,
+            kind: "neo4j_refused".into(),
+            reason: "Neo4j refused this event's writes when it was first projected; parked as then (see `projector dlq show`)".into(),
+            blocked_by: None,
+            refused: true,
+        },
+        (
+            Outcome::Project,
             Ingested::Projected {
                 story_id,
                 projection,
-            } => {
-                if let Some(story) = &story_id {
-                    let blocked = batch_blocked.get(story).cloned().or_else(|| {
-                        self.sh
-                            .blocked
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(story)
-                            .cloned()
-                    });
-                    if let Some(first) = blocked {
-                        return Route::Park {
-                            story_id: Some(story.clone()),
-                            kind: "story_blocked".into(),
-                            reason: blocked_reason(story, &first),
-                            blocked_by: Some(first),
-                        };
-                    }
-                }
-                Route::Project {
-                    projection,
-                    story_id,
-                }
-            }
-        }
+            },
+        ) => Route::Project {
+            projection,
+            story_id,
+        },
     }
 }

@@ -28,9 +28,55 @@ impl Worker {
                 self.cfg.generation = live;
             }
         }
+        self.load_parking().await?;
         for src in 0..self.sources.len() {
             self.sources[src].messages = None;
             self.start_source(src).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the parking rule's state for this worker's streams and partition from the
+    /// generation it writes (also after a reposition or a promotion, so a rebuilt
+    /// generation's parked events keep their stories blocked): the blocks of its parked
+    /// records, the lifts and the rulings (D58, D59).
+    async fn load_parking(&mut self) -> Result<(), WorkerError> {
+        let (graph, gen, projector) = (&self.sh.graph, &self.cfg.generation, &self.cfg.projector);
+        let fatal = |e: crate::error::WriteError| WorkerError::Fatal {
+            stream: self.name.clone(),
+            error: e.to_string(),
+        };
+        let r = self.group_retrier();
+        let blocked = r
+            .run("read the blocked stories", || {
+                graph.blocked_stories(gen, projector)
+            })
+            .await
+            .map_err(fatal)?;
+        let lifts = r
+            .run("read the lifted blocks", || graph.lifts(projector))
+            .await
+            .map_err(fatal)?;
+        let rulings = r
+            .run("read the rulings", || graph.rulings(projector))
+            .await
+            .map_err(fatal)?;
+        let (parts, part) = (self.cfg.partitions, self.cfg.partition);
+        let mine = |story: &str| parts <= 1 || projections::partition_of(Some(story), parts) == part;
+        let mut b = self.sh.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        for src in &self.sources {
+            b.clear_stream(&src.stream, |story| !mine(story));
+        }
+        for (story, stream, blocker) in blocked {
+            if mine(&story) && self.sources.iter().any(|s| s.stream == stream) {
+                b.block(&stream, &story, blocker);
+            }
+        }
+        for (stream, story, at) in lifts {
+            b.lift(&stream, &story, at);
+        }
+        for r in rulings {
+            b.rule(&r.stream, r.seq, r.ruling);
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ pub use checkpoints::{CheckpointKey, CheckpointMove};
 pub use commit::Commit;
 pub use generations::{GenerationMarker, GenerationSize};
 pub use outbox::OutboxEntry;
-pub use parked::{ParkedRecord, ParkedView};
+pub use parked::{DecisionRecord, ParkedRecord, ParkedView, RulingView};
 
 use super::cypher;
 use crate::config::Neo4jConfig;

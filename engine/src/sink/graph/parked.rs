@@ -5,7 +5,39 @@ use super::batch::{list, map, opt, Returns};
 use super::{cypher, field, GraphSink};
 use crate::error::WriteError;
 use neo4rs::{query, BoltType, Row};
+use projections::blocking::{seq_of_id, Blocker, Decision, Ruling};
 use projections::CompactBatch;
+
+/// The fence node of one (projector, stream, story): a worker parking behind a block and an
+/// operator deciding about it take its lock, so one waits for the other.
+fn fence_id(projector: &str, stream: &str, story: &str) -> String {
+    format!("{projector}:{stream}:{story}")
+}
+
+/// A recorded ruling about one message of a projector.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RulingView {
+    pub stream: String,
+    pub seq: u64,
+    #[serde(skip)]
+    pub ruling: Ruling,
+    pub by: Option<String>,
+    pub at_ms: Option<i64>,
+}
+
+/// An operator's decision about parked events, as [`GraphSink::commit_decision`] records it.
+pub struct DecisionRecord<'a> {
+    pub decision: Decision,
+    /// Who decided (`--by`, else the user running the command).
+    pub by: &'a str,
+    /// The parked records decided about; they are removed.
+    pub parked: &'a [ParkedView],
+    /// (stream, story, stream end before the decision) of every pair the decision touches:
+    /// a pair left without parked records is lifted at that position.
+    pub lifts: &'a [(String, String, u64)],
+    /// A retry's outbound events, added to the outbox in the same transaction.
+    pub outbox: &'a [super::OutboxEntry],
+}
 
 /// A parked (dead-lettered) message as recorded in the graph next to the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +53,9 @@ pub struct ParkedRecord {
     pub dlq_seq: u64,
     /// The original message's stream time: retries project it with its original version.
     pub ts_ns: i64,
+    /// Parked because Neo4j refused its writes (not because of its bytes): recorded as a
+    /// ruling every generation's build honours (D59).
+    pub refused: bool,
 }
 
 impl ParkedRecord {
@@ -41,7 +76,15 @@ impl ParkedRecord {
             ("blocked_by", opt(&self.blocked_by)),
             ("dlq_seq", (self.dlq_seq as i64).into()),
             ("ts_ns", self.ts_ns.into()),
+            ("refused", self.refused.into()),
         ])
+    }
+
+    /// The sequence of the event this one was parked behind (None: it parked for itself).
+    fn blocked_seq(&self) -> Option<u64> {
+        self.blocked_by
+            .as_deref()
+            .and_then(projections::blocking::seq_of_id)
     }
 }
 
@@ -98,31 +141,6 @@ impl GraphSink {
             .collect()
     }
 
-    /// Removes parked records without re-projecting them (an operator's decision), and moves
-    /// their stories' revisions in the same transaction (their cached views said "blocked").
-    /// Returns how many were removed and their stories.
-    pub async fn discard_parked(
-        &self,
-        gen: &str,
-        ids: &[String],
-    ) -> Result<(u64, Vec<String>), WriteError> {
-        let mut txn = self.start_txn().await?;
-        let res = async {
-            let q = query(cypher::PARKED_DISCARD)
-                .param("gen", gen)
-                .param("ids", ids.to_vec());
-            let mut rows = txn.execute(q).await.map_err(self.err())?;
-            let (n, stories) = match rows.next(txn.handle()).await.map_err(self.err())? {
-                Some(r) => (field::<i64>(&r, "n")?, field::<Vec<String>>(&r, "stories")?),
-                None => (0, Vec::new()),
-            };
-            self.bump_stories(&mut txn, gen, &stories).await?;
-            Ok((n as u64, stories))
-        }
-        .await;
-        self.finish(txn, res).await
-    }
-
     /// Moves the revisions of `stories` in `txn`: their cached views are stale.
     async fn bump_stories(
         &self,
@@ -169,61 +187,149 @@ impl GraphSink {
         })
     }
 
-    /// Which of `stories` still have parked records for `projector`.
-    pub async fn still_blocked(
-        &self,
-        gen: &str,
-        projector: &str,
-        stories: &[String],
-    ) -> Result<Vec<String>, WriteError> {
-        let q = query(cypher::STILL_BLOCKED)
-            .param("gen", gen)
-            .param("projector", projector)
-            .param("ids", stories.to_vec());
-        self.rows(q).await?.iter().map(|r| field(r, "s")).collect()
+    /// Every ruling of `projector`, by (stream, seq), with who decided and when.
+    pub async fn rulings(&self, projector: &str) -> Result<Vec<RulingView>, WriteError> {
+        let q = query(cypher::RULINGS).param("projector", projector);
+        self.rows(q)
+            .await?
+            .iter()
+            .map(|r| {
+                let decision: Option<String> = field(r, "decision")?;
+                let decision = match decision.as_deref() {
+                    None => None,
+                    Some(d) => Some(Decision::parse(d).ok_or_else(|| WriteError::Neo4jRefused {
+                        code: "projector.RowShape".into(),
+                        message: format!("ruling decision {d:?} is neither discard nor retry"),
+                    })?),
+                };
+                Ok(RulingView {
+                    stream: field(r, "stream")?,
+                    seq: field::<i64>(r, "seq")? as u64,
+                    ruling: Ruling {
+                        refused: field(r, "refused")?,
+                        decision,
+                    },
+                    by: field(r, "by")?,
+                    at_ms: field(r, "at_ms")?,
+                })
+            })
+            .collect()
     }
 
-    /// Stories that have parked events for this projector (the sequenced dead-letter block
-    /// list): (story, id of its first parked record).
+    /// Every lift of `projector`'s blocks: (stream, story, at).
+    pub async fn lifts(&self, projector: &str) -> Result<Vec<(String, String, u64)>, WriteError> {
+        let q = query(cypher::BLOCK_LIFTS).param("projector", projector);
+        self.rows(q)
+            .await?
+            .iter()
+            .map(|r| {
+                let at: i64 = field(r, "at")?;
+                Ok((field(r, "stream")?, field(r, "story")?, at as u64))
+            })
+            .collect()
+    }
+
+    /// The blocks of this projector's parked records (the sequenced dead-letter block
+    /// list): per (story, stream), the event its first parked record was parked behind, or
+    /// that record itself. Returns (story, stream, blocker).
     pub async fn blocked_stories(
         &self,
         gen: &str,
         projector: &str,
-    ) -> Result<Vec<(String, String)>, WriteError> {
+    ) -> Result<Vec<(String, String, Blocker)>, WriteError> {
         let q = query(cypher::BLOCKED_STORIES)
             .param("gen", gen)
             .param("projector", projector);
         self.rows(q)
             .await?
             .iter()
-            .map(|r| Ok((field(r, "story")?, field(r, "first")?)))
+            .map(|r| {
+                let first: String = field(r, "first")?;
+                // Parked for itself (no blocker): it is the block.
+                let id = field::<Option<String>>(r, "by")?.unwrap_or(first);
+                let seq = seq_of_id(&id).ok_or_else(|| WriteError::Neo4jRefused {
+                    code: "projector.RowShape".into(),
+                    message: format!("parked event id {id} does not end in a sequence"),
+                })?;
+                Ok((field(r, "story")?, field(r, "stream")?, Blocker { id, seq }))
+            })
             .collect()
     }
 
-    /// Writes re-projected parked events, removes their parked records, adds their
-    /// outbound events to the outbox and moves the revisions of `stories` (theirs), in one
-    /// transaction.
-    pub async fn commit_retry(
+    /// An operator's decision in one transaction: locks the fences of `d.lifts`' (stream,
+    /// story) pairs, writes `batch` (a retry's re-projected events) and adds their outbound
+    /// events (`d.outbox`) to the outbox, removes the decided parked records and moves their
+    /// stories' revisions (their views said "blocked"), records each decision with who and
+    /// when, and lifts the block of each pair left without parked records (D59). Returns the
+    /// lifts recorded (stream, story, at).
+    pub async fn commit_decision(
         &self,
         gen: &str,
         projector: &str,
         batch: &CompactBatch,
-        parked_ids: &[String],
-        outbox: &[super::OutboxEntry],
-        stories: &[String],
-    ) -> Result<(), WriteError> {
+        d: &DecisionRecord<'_>,
+    ) -> Result<Vec<(String, String, u64)>, WriteError> {
         let mut txn = self.start_txn().await?;
         let res = async {
+            let keys = list(d.lifts.iter().map(|(stream, story, at)| {
+                map(vec![
+                    ("fence", fence_id(projector, stream, story).into()),
+                    ("stream", stream.as_str().into()),
+                    ("story", story.as_str().into()),
+                    ("at", (*at as i64).into()),
+                ])
+            }));
+            if !d.lifts.is_empty() {
+                let q = query(cypher::BLOCK_FENCE_LOCK).param("keys", keys.clone());
+                let (what, n) = ("block fences".into(), d.lifts.len() as i64);
+                self.confirmed(&mut txn, q, what, n, Returns::Rows).await?;
+            }
             self.write_ops(&mut txn, gen, batch).await?;
-            self.outbox_add(&mut txn, gen, projector, outbox).await?;
-            // The stories whose parked records go: their views no longer say "blocked".
-            self.bump_stories(&mut txn, gen, stories).await?;
+            self.outbox_add(&mut txn, gen, projector, d.outbox).await?;
+            let stories: Vec<String> = d
+                .parked
+                .iter()
+                .filter_map(|p| p.story_id.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            self.bump_stories(&mut txn, gen, &stories).await?;
+            let ids: Vec<String> = d.parked.iter().map(|p| p.id.clone()).collect();
             let q = query(cypher::PARKED_REMOVE)
                 .param("gen", gen)
                 .param("projector", projector)
-                .param("ids", parked_ids.to_vec());
-            let (what, n) = ("parked records removed".into(), parked_ids.len() as i64);
-            self.confirmed(&mut txn, q, what, n, Returns::Rows).await
+                .param("ids", ids);
+            let (what, n) = ("parked records removed".into(), d.parked.len() as i64);
+            self.confirmed(&mut txn, q, what, n, Returns::Rows).await?;
+            let rows = list(d.parked.iter().map(|p| {
+                map(vec![
+                    ("id", p.id.as_str().into()),
+                    ("stream", p.stream.as_str().into()),
+                    ("seq", (p.seq as i64).into()),
+                ])
+            }));
+            let q = query(cypher::RULINGS_DECIDE)
+                .param("projector", projector)
+                .param("decision", d.decision.as_str())
+                .param("by", d.by)
+                .param("rows", rows);
+            let (what, n) = ("operator decisions".into(), d.parked.len() as i64);
+            self.confirmed(&mut txn, q, what, n, Returns::Rows).await?;
+            if d.lifts.is_empty() {
+                return Ok(Vec::new());
+            }
+            let q = query(cypher::BLOCK_LIFT)
+                .param("gen", gen)
+                .param("projector", projector)
+                .param("by", d.by)
+                .param("keys", keys);
+            let mut lifted = Vec::new();
+            let mut stream = txn.execute(q).await.map_err(self.err())?;
+            while let Some(r) = stream.next(txn.handle()).await.map_err(self.err())? {
+                let at: i64 = field(&r, "at")?;
+                lifted.push((field(&r, "stream")?, field(&r, "story")?, at as u64));
+            }
+            Ok(lifted)
         }
         .await;
         self.finish(txn, res).await
@@ -239,6 +345,33 @@ impl GraphSink {
     ) -> Result<(), WriteError> {
         if parked.is_empty() {
             return Ok(());
+        }
+        let behind: Vec<BoltType> = parked
+            .iter()
+            .filter_map(|p| {
+                let (story, blocked_seq) = (p.story_id.as_deref()?, p.blocked_seq()?);
+                Some(map(vec![
+                    ("id", p.id(projector).into()),
+                    ("fence", fence_id(projector, &p.stream, story).into()),
+                    ("stream", p.stream.as_str().into()),
+                    ("story_id", story.into()),
+                    ("seq", (p.seq as i64).into()),
+                    ("blocked_seq", (blocked_seq as i64).into()),
+                ]))
+            })
+            .collect();
+        if !behind.is_empty() {
+            // Waits for an operator's decision on the same (stream, story) in flight; a lift
+            // it recorded means these events are no longer behind anything (D59).
+            let q = query(cypher::BLOCK_FENCE)
+                .param("projector", projector)
+                .param("rows", list(behind.into_iter()));
+            let mut rows = txn.execute(q).await.map_err(self.err())?;
+            if let Some(r) = rows.next(txn.handle()).await.map_err(self.err())? {
+                return Err(WriteError::BlockLifted {
+                    id: field(&r, "id")?,
+                });
+            }
         }
         let q = query(cypher::PARK)
             .param("gen", gen)
