@@ -3,8 +3,8 @@
 use crate::error::WriteError;
 use crate::sink::graph::{DecisionRecord, ParkedView};
 use async_nats::jetstream;
-use projections::blocking::Decision;
 use async_nats::HeaderMap;
+use projections::blocking::Decision;
 
 /// Why and what is parked: everything an operator needs to decide, in headers.
 #[derive(Debug, Clone)]
@@ -335,13 +335,16 @@ pub async fn discard(t: &RetryTarget<'_>, ids: &[String]) -> Result<DiscardRepor
 pub fn current_reasons(parked: &mut [ParkedView], rulings: &[crate::sink::graph::RulingView]) {
     let still: std::collections::BTreeSet<String> = parked.iter().map(|p| p.id.clone()).collect();
     for p in parked.iter_mut() {
-        let Some(by) = p.blocked_by.clone() else { continue };
+        let Some(by) = p.blocked_by.clone() else {
+            continue;
+        };
         if still.contains(&by) {
             continue;
         }
-        let Some(r) = rulings.iter().find(|r| {
-            projections::blocking::parked_id(&p.projector, &r.stream, r.seq) == by
-        }) else {
+        let Some(r) = rulings
+            .iter()
+            .find(|r| projections::blocking::parked_id(&p.projector, &r.stream, r.seq) == by)
+        else {
             continue;
         };
         let what = match r.ruling.decision {

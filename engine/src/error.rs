@@ -192,9 +192,7 @@ mod tests {
                 Action::Reposition,
             ),
             (
-                WriteError::BlockLifted {
-                    id: "p:S:7".into(),
-                },
+                WriteError::BlockLifted { id: "p:S:7".into() },
                 Action::Reposition,
             ),
             (

@@ -191,7 +191,8 @@ impl Blocks {
             .and_then(|ats| ats.iter().copied().find(|&at| b.seq <= at && at < seq));
         if let Some(at) = lift {
             self.blocked.remove(&key);
-            self.unblocked.push((story.to_string(), stream.to_string(), at));
+            self.unblocked
+                .push((story.to_string(), stream.to_string(), at));
             return None;
         }
         Some(b)
@@ -224,7 +225,8 @@ impl Blocks {
     /// Forgets the blocks of `stream` whose story `keep` rejects (a worker reloading its
     /// own streams and partition).
     pub fn clear_stream(&mut self, stream: &str, mut keep: impl FnMut(&str) -> bool) {
-        self.blocked.retain(|(story, s), _| s != stream || keep(story));
+        self.blocked
+            .retain(|(story, s), _| s != stream || keep(story));
     }
 
     /// Whether anything is blocked (lifts are re-read only then).
@@ -266,24 +268,15 @@ mod tests {
     fn rulings_decide_what_the_input_does_not() {
         let mut b = Blocks::default();
         b.rule("A", 1, Ruling::REFUSED);
-        assert_eq!(
-            b.decide("p", "A", 1, Some("S"), true),
-            Outcome::Parked
-        );
+        assert_eq!(b.decide("p", "A", 1, Some("S"), true), Outcome::Parked);
         b.rule("A", 2, Ruling::DISCARDED);
-        assert_eq!(
-            b.decide("p", "A", 2, Some("S"), true),
-            Outcome::Discarded
-        );
+        assert_eq!(b.decide("p", "A", 2, Some("S"), true), Outcome::Discarded);
         assert_eq!(
             b.decide("p", "A", 3, Some("S"), true),
             Outcome::Blocked { by: "p:A:1".into() }
         );
         b.rule("A", 4, Ruling::RETRIED);
-        assert_eq!(
-            b.decide("p", "A", 4, Some("S"), true),
-            Outcome::Project
-        );
+        assert_eq!(b.decide("p", "A", 4, Some("S"), true), Outcome::Project);
         // A story-less message parks for itself and blocks nothing.
         assert_eq!(b.decide("p", "A", 5, None, false), Outcome::Parked);
         assert_eq!(seq_of_id("p:A:17"), Some(17));

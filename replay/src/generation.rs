@@ -275,13 +275,9 @@ pub async fn build_generation(
     let cache = CacheSink::connect(&cfg.valkey).await?;
     graph.ensure_schema().await?;
     let prefix = cache.gen_prefix(name, false);
-    let parking = crate::parking::Parking::build(
-        &graph,
-        name,
-        projector,
-        &cfg.dead_letters.subject_prefix,
-    )
-    .await?;
+    let parking =
+        crate::parking::Parking::build(&graph, name, projector, &cfg.dead_letters.subject_prefix)
+            .await?;
     let target = ReplayTarget {
         js: &js,
         graph: &graph,

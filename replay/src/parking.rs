@@ -42,7 +42,9 @@ pub enum Replayed {
         refused: bool,
     },
     /// Left out: does not decode (on top), parked in the generation, or discarded.
-    Skip { discarded: bool },
+    Skip {
+        discarded: bool,
+    },
 }
 
 impl Parking {

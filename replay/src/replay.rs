@@ -6,13 +6,13 @@
 //! projection code gives: the fix-forward tool after a projection bug. Outbound events are
 //! never published. Progress is committed with each batch, so an interrupted replay resumes.
 
+use crate::parking::{park, Replayed, ToPark};
 use async_nats::jetstream::{
     self,
     consumer::{pull, DeliverPolicy},
 };
 use engine::error::WriteError;
 use engine::sink::cache::CacheSink;
-use crate::parking::{park, Replayed, ToPark};
 use engine::sink::graph::{CheckpointKey, CheckpointMove, GraphSink, ParkedRecord};
 use futures::StreamExt;
 use projections::ingest::{ingest, Stored};
@@ -323,7 +323,10 @@ pub async fn replay_stream(
                 payload: &msg.payload,
             };
             let ingested = ingest(t.subject_prefix, &stored);
-            match t.parking.decide(&req.projector, &range.stream, seq, ingested) {
+            match t
+                .parking
+                .decide(&req.projector, &range.stream, seq, ingested)
+            {
                 Replayed::Project(projection) => {
                     batch.extend(&projection.graph);
                     for CacheOp::RefreshContext { story_id, .. } in &projection.cache {

@@ -122,7 +122,6 @@ impl Loop<'_> {
                 tracing::info!(projector = %p.name, partition = part, "more than a fair share of partitions; handing this one over");
             }
         }
-        let gen = self.base.generation;
         for part in ch.acquired {
             if self.sup.holds(&(i, part)) {
                 // Its previous worker here (stopped when the lease was lost) still finishes its

@@ -35,9 +35,17 @@ pub fn schema() -> Vec<String> {
     );
     out.push("CREATE INDEX task_status IF NOT EXISTS FOR (n:Task) ON (n.gen, n.status)".into());
     // Rulings and lifts belong to no generation (D59): every build of the streams reads them.
-    out.push("CREATE CONSTRAINT ruling_id IF NOT EXISTS FOR (n:Ruling) REQUIRE n.id IS UNIQUE".into());
-    out.push("CREATE CONSTRAINT block_lift_id IF NOT EXISTS FOR (n:BlockLift) REQUIRE n.id IS UNIQUE".into());
-    out.push("CREATE CONSTRAINT block_fence_id IF NOT EXISTS FOR (n:BlockFence) REQUIRE n.id IS UNIQUE".into());
+    out.push(
+        "CREATE CONSTRAINT ruling_id IF NOT EXISTS FOR (n:Ruling) REQUIRE n.id IS UNIQUE".into(),
+    );
+    out.push(
+        "CREATE CONSTRAINT block_lift_id IF NOT EXISTS FOR (n:BlockLift) REQUIRE n.id IS UNIQUE"
+            .into(),
+    );
+    out.push(
+        "CREATE CONSTRAINT block_fence_id IF NOT EXISTS FOR (n:BlockFence) REQUIRE n.id IS UNIQUE"
+            .into(),
+    );
     out.push("CREATE INDEX parked_story IF NOT EXISTS FOR (n:ParkedEvent) ON (n.gen, n.projector, n.story_id)".into());
     // The story view's "blocked by" reads a story's parked events of every projector.
     out.push(

@@ -62,7 +62,8 @@ impl Worker {
             .await
             .map_err(fatal)?;
         let (parts, part) = (self.cfg.partitions, self.cfg.partition);
-        let mine = |story: &str| parts <= 1 || projections::partition_of(Some(story), parts) == part;
+        let mine =
+            |story: &str| parts <= 1 || projections::partition_of(Some(story), parts) == part;
         let mut b = self.sh.blocked.lock().unwrap_or_else(|e| e.into_inner());
         for src in &self.sources {
             b.clear_stream(&src.stream, |story| !mine(story));

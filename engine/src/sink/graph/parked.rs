@@ -197,10 +197,12 @@ impl GraphSink {
                 let decision: Option<String> = field(r, "decision")?;
                 let decision = match decision.as_deref() {
                     None => None,
-                    Some(d) => Some(Decision::parse(d).ok_or_else(|| WriteError::Neo4jRefused {
-                        code: "projector.RowShape".into(),
-                        message: format!("ruling decision {d:?} is neither discard nor retry"),
-                    })?),
+                    Some(d) => {
+                        Some(Decision::parse(d).ok_or_else(|| WriteError::Neo4jRefused {
+                            code: "projector.RowShape".into(),
+                            message: format!("ruling decision {d:?} is neither discard nor retry"),
+                        })?)
+                    }
                 };
                 Ok(RulingView {
                     stream: field(r, "stream")?,
