@@ -124,6 +124,7 @@ impl Parking {
                         Replayed::Park {
                             reason: format!(
                                 "story {} has an earlier parked event on this stream ({by}); parked behind it to keep the story's order",
+                                // A blocked event always has a story; "-" keeps it printable.
                                 story_id.as_deref().unwrap_or("-")
                             ),
                             story_id,

@@ -204,6 +204,7 @@ pub(super) fn route_of(outcome: Outcome, ingested: Ingested) -> Route {
             refused: false,
         },
         (Outcome::Blocked { by }, Ingested::Projected { story_id, .. }) => Route::Park {
+            // A blocked event always has a story; "-" only keeps the reason printable.
             reason: blocked_reason(story_id.as_deref().unwrap_or("-"), &by),
             story_id,
             kind: "story_blocked".into(),

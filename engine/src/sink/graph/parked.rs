@@ -367,7 +367,7 @@ impl GraphSink {
             // it recorded means these events are no longer behind anything (D59).
             let q = query(cypher::BLOCK_FENCE)
                 .param("projector", projector)
-                .param("rows", list(behind.into_iter()));
+                .param("rows", list(behind));
             let mut rows = txn.execute(q).await.map_err(self.err())?;
             if let Some(r) = rows.next(txn.handle()).await.map_err(self.err())? {
                 return Err(WriteError::BlockLifted {
