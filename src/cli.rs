@@ -120,6 +120,15 @@ pub enum Command {
     /// Ask the graph: a story, its timeline, decisions, tasks, approvals (docs/views.md).
     #[command(subcommand)]
     Query(QueryCommand),
+    /// Tail the change feed of a running projector (GET /v1/changes) in the terminal.
+    ///
+    /// One line per committed change of a story view (revision, what changed), a line when
+    /// the feed is caught up, and notices for a generation switch or a reset. Reconnects by
+    /// itself, resuming after the last event seen. Ctrl-C stops.
+    #[command(
+        after_help = "Examples:\n  projector watch\n  projector watch --story US-0001 --what decisions,tasks --json"
+    )]
+    Watch(WatchArgs),
     /// Print a canonical hash of a generation's graph (nodes, relationships, properties).
     #[command(
         after_help = "Examples:\n  projector verify --json\n  projector verify --against-rebuild"
@@ -261,6 +270,26 @@ pub enum BenchCommand {
         after_help = "Example:\n  projector bench ceiling --stories 3650 --seed 43 --generation ceiling"
     )]
     Ceiling(CeilingArgs),
+    /// Open N change feeds (GET /v1/changes) and measure delivery: from each change's
+    /// position (Valkey's clock when the commit's Valkey step wrote it) to its arrival.
+    /// Prints JSON (clients, events, p50/p99/max ms, dropped) at the end.
+    #[command(
+        after_help = "Example:\n  projector bench feed --clients 1000 --duration 60s --url http://127.0.0.1:9464"
+    )]
+    Feed(FeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FeedArgs {
+    /// Feeds to open at once.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// How long to listen (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+    pub duration: std::time::Duration,
+    /// The projector's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    pub url: String,
 }
 
 #[derive(Debug, Args)]
@@ -363,6 +392,26 @@ pub struct StatusArgs {
     /// Generation whose checkpoints and lost ranges to show (default: the live one).
     #[arg(long)]
     pub generation: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The projector's HTTP address (`run --metrics-addr`).
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    pub url: String,
+    /// Only this story's changes (repeatable).
+    #[arg(long)]
+    pub story: Vec<String>,
+    /// Only changes touching these parts: story, phase, plans, approvals, tasks, decisions,
+    /// milestones (comma-separated).
+    #[arg(long)]
+    pub what: Option<String>,
+    /// Start right after this position (an event id printed earlier) instead of now.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Print each event as one JSON object per line: {"event", "id", "data"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
