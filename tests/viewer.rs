@@ -42,7 +42,8 @@ fn chromium() -> String {
 
 impl Browser {
     fn start() -> Browser {
-        let profile = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{}", tag()));
+        let profile = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("chromium-{}", tag()));
         let mut child = std::process::Command::new(chromium())
             .args([
                 "--headless=new",
@@ -61,7 +62,10 @@ impl Browser {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(rest) = line.split("DevTools listening on ws://127.0.0.1:").nth(1) {
                     let port: u16 = rest.split('/').next().unwrap().parse().unwrap();
                     // The receiver may be gone after the first line; later ones do not matter.
@@ -99,7 +103,9 @@ impl Browser {
 
 /// A DevTools protocol session on one page.
 struct Page {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     next: u64,
 }
 
@@ -123,7 +129,10 @@ impl Page {
     /// Evaluates an expression in the page and returns its value.
     async fn eval(&mut self, expr: &str) -> Value {
         let r = self
-            .call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}))
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true}),
+            )
             .await;
         r["result"]["value"].clone()
     }
@@ -145,7 +154,9 @@ impl Page {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Debian's chromium; dev/check-viewer installs it and runs this"]
 async fn the_story_page_follows_the_feed_without_a_reload() {
-    let t = TestConfig::with(|s| s.replace("watermark_interval = \"5s\"", "watermark_interval = \"1s\""));
+    let t = TestConfig::with(|s| {
+        s.replace("watermark_interval = \"5s\"", "watermark_interval = \"1s\"")
+    });
     assert!(t.projector(&["streams", "ensure"]).status.success());
     let js = jetstream::new(nats(&t.cfg).await);
     let run = t.spawn_run_follow_live(&[]);
@@ -165,15 +176,33 @@ async fn the_story_page_follows_the_feed_without_a_reload() {
     wait_all_acked(&js, &t, "projector-graph-p0").await;
 
     let browser = Browser::start();
-    let (ws, _) = tokio_tungstenite::connect_async(browser.page_ws()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(browser.page_ws())
+        .await
+        .unwrap();
     let mut page = Page { ws, next: 0 };
     page.call("Page.enable", json!({})).await;
-    page.call("Page.navigate", json!({"url": format!("http://127.0.0.1:{port}/ui/")})).await;
+    page.call(
+        "Page.navigate",
+        json!({"url": format!("http://127.0.0.1:{port}/ui/")}),
+    )
+    .await;
     // The list shows the story; the story page opens from it.
-    page.wait_true(20, &format!("!!document.querySelector('tr[data-story=\"{id}\"]')")).await;
+    page.wait_true(
+        20,
+        &format!("!!document.querySelector('tr[data-story=\"{id}\"]')"),
+    )
+    .await;
     page.eval(&format!("location.hash = '#/story/{id}'")).await;
-    page.wait_true(20, "document.getElementById('phase')?.textContent === 'DESIGN'").await;
-    page.wait_true(20, "document.getElementById('status').textContent.startsWith('live')").await;
+    page.wait_true(
+        20,
+        "document.getElementById('phase')?.textContent === 'DESIGN'",
+    )
+    .await;
+    page.wait_true(
+        20,
+        "document.getElementById('status').textContent.startsWith('live')",
+    )
+    .await;
     // Gone if the page reloads.
     page.eval("window.__noReload = 1").await;
 
@@ -193,15 +222,25 @@ async fn the_story_page_follows_the_feed_without_a_reload() {
             "document.getElementById('phase')?.textContent === 'BUILD' && document.getElementById('decisions').innerText.includes('Server-Sent Events')",
         )
         .await;
-    assert_eq!(page.eval("window.__noReload").await, json!(1), "the page reloaded");
+    assert_eq!(
+        page.eval("window.__noReload").await,
+        json!(1),
+        "the page reloaded"
+    );
     println!("the page showed the change {took:?} after its commit was acked");
 
-    let shot = page.call("Page.captureScreenshot", json!({"format": "png"})).await;
+    let shot = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
     use base64::Engine;
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["data"].as_str().unwrap())
         .unwrap();
-    let out = std::env::var("PROJECTOR_VIEWER_SCREENSHOT").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer-story.png"));
+    let out = std::env::var("PROJECTOR_VIEWER_SCREENSHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer-story.png")
+        });
     std::fs::write(&out, png).unwrap();
     println!("screenshot: {}", out.display());
     drop(page);

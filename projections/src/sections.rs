@@ -70,11 +70,7 @@ pub fn digests(ctx: &StoryContext) -> [String; 7] {
         .iter()
         .map(|p| (&p.plan_id, p.version, &p.summary, p.created_at_ms))
         .collect();
-    let approvals: Vec<_> = c
-        .plans
-        .iter()
-        .map(|p| (&p.plan_id, &p.approvals))
-        .collect();
+    let approvals: Vec<_> = c.plans.iter().map(|p| (&p.plan_id, &p.approvals)).collect();
     let json = |v: serde_json::Value| {
         let h = Sha256::digest(v.to_string().as_bytes());
         hex::encode(&h[..8])
@@ -89,6 +85,17 @@ pub fn digests(ctx: &StoryContext) -> [String; 7] {
         json(json!(c.decisions)),
         json(json!(c.milestones)),
     ]
+}
+
+/// The digests of a view with nothing in it: what a story's first render is compared with.
+pub fn empty_digests() -> [String; 7] {
+    let empty: StoryContext = serde_json::from_value(serde_json::json!({
+        "story_id": "", "title": null, "description": null, "phase": null, "created_by": null,
+        "phase_history": [], "plans": [], "tasks": [], "decisions": [], "milestones": [],
+        "last_v": ""
+    }))
+    .expect("the empty view parses");
+    digests(&empty)
 }
 
 #[cfg(test)]

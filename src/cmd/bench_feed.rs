@@ -5,7 +5,7 @@ use crate::cli::FeedArgs;
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -77,7 +77,10 @@ async fn client(host: String, port: u16, until: Instant, seen: Arc<Mutex<Seen>>)
 pub async fn run(a: FeedArgs) -> Result<ExitCode, CliError> {
     let bad = || CliError::Usage(format!("--url {:?}: use http://HOST:PORT", a.url));
     let hostport = a.url.strip_prefix("http://").ok_or_else(bad)?;
-    let (host, port) = hostport.trim_end_matches('/').rsplit_once(':').ok_or_else(bad)?;
+    let (host, port) = hostport
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     let until = Instant::now() + a.duration;
     let seen: Vec<Arc<Mutex<Seen>>> = (0..a.clients).map(|_| Default::default()).collect();

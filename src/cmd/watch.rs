@@ -12,7 +12,11 @@ use std::time::Duration;
 /// Follows the feed until Ctrl-C; a dropped connection is resumed after the last id seen.
 pub async fn run(a: WatchArgs) -> Result<ExitCode, CliError> {
     let (host, port) = authority(&a.url)?;
-    let mut query: Vec<String> = a.story.iter().map(|s| format!("story={}", enc(s))).collect();
+    let mut query: Vec<String> = a
+        .story
+        .iter()
+        .map(|s| format!("story={}", enc(s)))
+        .collect();
     if let Some(w) = &a.what {
         query.push(format!("what={}", enc(w)));
     }
@@ -76,10 +80,9 @@ async fn follow(
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| lost(&e))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|e| lost(&e))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| lost(&e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "feed connection ended");
@@ -151,7 +154,11 @@ fn line(event: &str, id: &str, d: &serde_json::Value) -> String {
                 crate::fmt::timestamp_ms(d["event_time_ms"].as_i64().unwrap_or(0)),
                 s("story_id"),
                 d["revision"],
-                if what.is_empty() { "-".into() } else { what.join(",") },
+                if what.is_empty() {
+                    "-".into()
+                } else {
+                    what.join(",")
+                },
             )
         }
         "watermark" => {

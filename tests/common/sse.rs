@@ -36,10 +36,9 @@ pub async fn open(port: u16, path: &str, last_id: Option<&str>) -> Result<Client
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("the projector listens");
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut req = hyper::Request::get(path)
         .header("host", "127.0.0.1")
@@ -83,7 +82,10 @@ pub async fn open(port: u16, path: &str, last_id: Option<&str>) -> Result<Client
 /// Waits (up to 30 s) until the projector at `port` serves the feed, then opens it.
 pub async fn connect(port: u16, path: &str, last_id: Option<&str>) -> Client {
     for _ in 0..120 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return open(port, path, last_id).await.expect("the feed opens");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -83,7 +83,12 @@ impl Feed {
             }
             let step = async {
                 if conn.is_none() {
-                    conn = Some(cache.blocking_connection().await.map_err(|e| ("connect", e))?);
+                    conn = Some(
+                        cache
+                            .blocking_connection()
+                            .await
+                            .map_err(|e| ("connect", e))?,
+                    );
                 }
                 if cursor.is_none() {
                     // Start at the end: a feed catches up from the changelog itself.
@@ -106,10 +111,13 @@ impl Feed {
                     .query_async(c)
                     .await
                     .map_err(|e| {
-                        ("tail", crate::error::WriteError::Valkey {
-                            url: cache.url().to_string(),
-                            message: e.to_string(),
-                        })
+                        (
+                            "tail",
+                            crate::error::WriteError::Valkey {
+                                url: cache.url().to_string(),
+                                message: e.to_string(),
+                            },
+                        )
                     })?;
                 // None: nothing new within the block time.
                 for (_, entries) in raw.unwrap_or_default() {

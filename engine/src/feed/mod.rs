@@ -67,7 +67,7 @@ pub struct Change {
     /// The story's revision: `GET /v1/stories/{id}` read after this event serves at least it.
     pub revision: i64,
     /// The parts of the view that changed: story, phase, plans, approvals, tasks, decisions,
-    /// milestones (all of them for a story's first render).
+    /// milestones (for a story's first render, the parts it has).
     pub what: Vec<String>,
     /// The story's newest event time, milliseconds since the epoch.
     pub event_time_ms: i64,

@@ -38,7 +38,8 @@ impl Filter {
         match item {
             Item::Change(_, c) => {
                 (self.stories.is_empty() || self.stories.contains(&c.story_id))
-                    && (self.what.is_empty() || c.what.iter().any(|w| self.what.contains(w.as_str())))
+                    && (self.what.is_empty()
+                        || c.what.iter().any(|w| self.what.contains(w.as_str())))
             }
             // Progress and switches concern every client.
             Item::Generation(..) | Item::Watermark(..) => true,
@@ -121,7 +122,12 @@ pub(crate) async fn changes(
 ) -> Response {
     let pairs = match q {
         Ok(Query(p)) => p,
-        Err(e) => return bad(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text())),
+        Err(e) => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("bad query: {}", e.body_text()),
+            )
+        }
     };
     let (filter, mut after) = match parse(pairs) {
         Ok(x) => x,

@@ -348,7 +348,7 @@ struct Log {
 /// revision is the same graph state, so rewriting it is harmless.
 ///
 /// With a changelog (`ARGV[4]` = 1), a write at a newer revision also appends a `change`
-/// entry naming the sections whose digest moved: in the same script, so inside the same
+/// entry naming the sections whose digest moved (from an empty view's, for a first render): in the same script, so inside the same
 /// MULTI as the context and the checkpoints, never without them, never twice for one
 /// revision. A forced write (a generation switch) or an equal revision appends nothing.
 /// Trimming is exact (`MAXLEN =`, `MINID =`), so the oldest position still held is plain.
@@ -361,7 +361,7 @@ const PUT_IF_NEWER: &str = "local cur = tonumber(redis.call('GET', KEYS[2]) or '
     local old = redis.call('HMGET', KEYS[3], unpack(names)) \
     local what, set = {}, {} \
     for i, n in ipairs(names) do \
-      if old[i] ~= ARGV[9 + i] then table.insert(what, n) end \
+      if (old[i] or ARGV[16 + i]) ~= ARGV[9 + i] then table.insert(what, n) end \
       table.insert(set, n) table.insert(set, ARGV[9 + i]) end \
     redis.call('HSET', KEYS[3], unpack(set)) \
     if ARGV[3] == '1' or cur == rev then return 1 end \
@@ -399,6 +399,11 @@ fn put(
         .arg(log.map_or(0, |l| l.caps.max_age_ms));
     if log.is_some() {
         for d in projections::sections::digests(ctx) {
+            cmd.arg(d);
+        }
+        // A story's first render compares with an empty view: `what` names what it has.
+        static EMPTY: std::sync::OnceLock<[String; 7]> = std::sync::OnceLock::new();
+        for d in EMPTY.get_or_init(projections::sections::empty_digests) {
             cmd.arg(d);
         }
     }
