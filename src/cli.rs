@@ -270,26 +270,6 @@ pub enum BenchCommand {
         after_help = "Example:\n  projector bench ceiling --stories 3650 --seed 43 --generation ceiling"
     )]
     Ceiling(CeilingArgs),
-    /// Open N change feeds (GET /v1/changes) and measure delivery: from each change's
-    /// position (Valkey's clock when the commit's Valkey step wrote it) to its arrival.
-    /// Prints JSON (clients, events, p50/p99/max ms, dropped) at the end.
-    #[command(
-        after_help = "Example:\n  projector bench feed --clients 1000 --duration 60s --url http://127.0.0.1:9464"
-    )]
-    Feed(FeedArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct FeedArgs {
-    /// Feeds to open at once.
-    #[arg(long, default_value_t = 1000)]
-    pub clients: usize,
-    /// How long to listen (e.g. 60s, 2m).
-    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
-    pub duration: std::time::Duration,
-    /// The projector's HTTP address.
-    #[arg(long, default_value = "http://127.0.0.1:9464")]
-    pub url: String,
 }
 
 #[derive(Debug, Args)]

@@ -36,7 +36,6 @@ pub async fn run(cfg: &Config, cmd: BenchCommand) -> Result<ExitCode, CliError> 
         }
         BenchCommand::Load(a) => load(cfg, a).await,
         BenchCommand::Ceiling(a) => ceiling(cfg, a).await,
-        BenchCommand::Feed(a) => super::bench_feed::run(a).await,
     }
 }
 

@@ -1,7 +1,6 @@
 //! One module per subcommand; each returns an exit code or a [`CliError`].
 
 mod bench;
-mod bench_feed;
 mod dlq;
 mod query;
 mod rebuild;
