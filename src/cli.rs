@@ -120,6 +120,15 @@ pub enum Command {
     /// Ask the graph: a story, its timeline, decisions, tasks, approvals (docs/views.md).
     #[command(subcommand)]
     Query(QueryCommand),
+    /// Tail the change feed of a running projector (GET /v1/changes) in the terminal.
+    ///
+    /// One line per committed change of a story view (revision, what changed), a line when
+    /// the feed is caught up, and notices for a generation switch or a reset. Reconnects by
+    /// itself, resuming after the last event seen. Ctrl-C stops.
+    #[command(
+        after_help = "Examples:\n  projector watch\n  projector watch --story US-0001 --what decisions,tasks --json"
+    )]
+    Watch(WatchArgs),
     /// Print a canonical hash of a generation's graph (nodes, relationships, properties).
     #[command(
         after_help = "Examples:\n  projector verify --json\n  projector verify --against-rebuild"
@@ -363,6 +372,26 @@ pub struct StatusArgs {
     /// Generation whose checkpoints and lost ranges to show (default: the live one).
     #[arg(long)]
     pub generation: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The projector's HTTP address (`run --metrics-addr`).
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    pub url: String,
+    /// Only this story's changes (repeatable).
+    #[arg(long)]
+    pub story: Vec<String>,
+    /// Only changes touching these parts: story, phase, plans, approvals, tasks, decisions,
+    /// milestones (comma-separated).
+    #[arg(long)]
+    pub what: Option<String>,
+    /// Start right after this position (an event id printed earlier) instead of now.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Print each event as one JSON object per line: {"event", "id", "data"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -245,6 +245,9 @@ async fn schemathesis_finds_nothing_wrong_with_the_live_read_api() {
             &seed,
             "--workers",
             "1",
+            // An endless event stream is not a request it can check; tests/feed.rs does (D69).
+            "--exclude-path",
+            "/v1/changes",
             "--no-color",
         ])
         .output()

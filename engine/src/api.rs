@@ -7,7 +7,9 @@
 //! parameters (bad UTF-8 included) 400, another method 405, an unreachable Neo4j 503.
 
 use crate::sink::{cache::CacheSink, graph::GraphSink};
-use crate::views::{self, story_view, ApprovalRow, DecisionRow, Source, TaskRow, TimelineEntry};
+use crate::views::{
+    self, story_view, ApprovalRow, DecisionRow, Source, StoryRow, TaskRow, TimelineEntry,
+};
 use axum::{
     extract::{
         rejection::{PathRejection, QueryRejection},
@@ -114,6 +116,8 @@ pub struct StoryResponse {
     pub context: StoryContext,
     /// The generation read.
     pub generation: String,
+    /// The story's revision (commits that touched it), as on the change feed.
+    pub revision: i64,
     /// `cache` (Valkey, at the graph's revision) or `neo4j`.
     pub source: StorySource,
 }
@@ -258,6 +262,24 @@ fn no_story(id: &str, gen: &str) -> ApiError {
     )
 }
 
+/// Stories by id: phase, revision and newest event time (the live viewer's list).
+#[utoipa::path(get, path = "/v1/stories", tag = "views", params(GenParam, Page),
+    responses(
+        (status = 200, description = "Stories", body = [StoryRow]),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 500, description = "A view of an unexpected shape (a bug)", body = ErrorBody),
+        (status = 503, description = "Neo4j unavailable", body = ErrorBody)))]
+async fn stories(
+    State(api): State<Api>,
+    p: Result<Query<GenParam>, QueryRejection>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Vec<StoryRow>>, ApiError> {
+    let p = query(p)?;
+    api.list(views::STORIES, p.generation, page, Vec::new())
+        .await
+        .map(Json)
+}
+
 /// A story: phases, plans and approvals, tasks, decisions, milestones.
 #[utoipa::path(get, path = "/v1/stories/{id}", tag = "views",
     params(("id" = String, Path, description = "Story id", example = "US-0001"), GenParam),
@@ -285,6 +307,7 @@ async fn story(
     .await
     {
         Ok(Some((context, source))) => Ok(Json(StoryResponse {
+            revision: context.rev,
             context,
             generation: gen,
             source: match source {
@@ -423,7 +446,9 @@ async fn wrong_method(method: axum::http::Method) -> ApiError {
         description = "Views over the projected Neo4j graph (docs/views.md), health and metrics."
     ),
     paths(
+        stories,
         story,
+        crate::feed::sse::changes,
         timeline,
         decisions,
         tasks,
@@ -435,7 +460,12 @@ async fn wrong_method(method: axum::http::Method) -> ApiError {
     ),
     components(schemas(
         ErrorBody,
+        StoryRow,
         StoryResponse,
+        crate::feed::Change,
+        crate::feed::Watermark,
+        crate::feed::GenerationSwitch,
+        crate::feed::Notice,
         TimelineEntry,
         DecisionRow,
         TaskRow,
@@ -460,6 +490,7 @@ pub fn router(
     metrics: crate::metrics::Metrics,
 ) -> Router {
     Router::new()
+        .route("/v1/stories", get(stories))
         .route("/v1/stories/{id}", get(story))
         .route("/v1/stories/{id}/timeline", get(timeline))
         .route("/v1/decisions", get(decisions))

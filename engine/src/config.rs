@@ -150,6 +150,16 @@ pub struct ValkeyConfig {
     pub url: String,
     #[serde(default)]
     pub key_prefix: String,
+    /// The change feed's changelog keeps at most this many entries (`/v1/changes`).
+    #[serde(default = "default_changelog_max_len")]
+    pub changelog_max_len: u64,
+    /// ... and none older than this ("0s": no age limit).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub changelog_max_age: Duration,
+}
+
+fn default_changelog_max_len() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,7 +272,36 @@ pub struct Config {
     pub dead_letters: DeadLetterConfig,
     #[serde(default)]
     pub partitions: PartitionConfig,
+    #[serde(default)]
+    pub feed: FeedConfig,
     pub projectors: Vec<ProjectorEntry>,
+}
+
+/// The change feed's serving side (`GET /v1/changes`, `crate::feed`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// How often every client gets `event: watermark` (each stream's checkpoint).
+    #[serde(deserialize_with = "de_duration")]
+    pub watermark_interval: Duration,
+    /// A `:` comment after this long without an event, so proxies keep the stream open.
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat: Duration,
+    /// Events one client may have waiting; past that it is dropped with a reason.
+    pub client_buffer: usize,
+    /// Feeds open at once on one instance; another gets 503.
+    pub max_clients: usize,
+}
+
+impl Default for FeedConfig {
+    fn default() -> FeedConfig {
+        FeedConfig {
+            watermark_interval: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(15),
+            client_buffer: 1024,
+            max_clients: 10_000,
+        }
+    }
 }
 
 impl Config {
@@ -364,6 +403,18 @@ impl Config {
         if self.partitions.lease_ttl < Duration::from_secs(2) {
             return Err(bad(
                 "[partitions] lease_ttl must be at least 2s (leases are refreshed every third of it)".into(),
+            ));
+        }
+        if self.valkey.changelog_max_len == 0 {
+            return Err(bad(
+                "[valkey] changelog_max_len must be at least 1 (feed clients resume from it)"
+                    .into(),
+            ));
+        }
+        let f = &self.feed;
+        if f.client_buffer == 0 || f.max_clients == 0 || f.watermark_interval.is_zero() {
+            return Err(bad(
+                "[feed] client_buffer, max_clients and watermark_interval must be above 0".into(),
             ));
         }
         let n = &self.neo4j;

@@ -199,7 +199,7 @@ pub async fn retry(t: &RetryTarget<'_>, sel: &Selection) -> Result<RetryReport, 
         let ids: Vec<String> = stories.into_iter().collect();
         let contexts = t.graph.story_contexts(t.generation, &ids).await?;
         t.cache
-            .put_contexts(t.cache_prefix, &contexts, false)
+            .put_contexts(t.generation, t.cache_prefix, &contexts, false)
             .await?;
         publish_outbox(t, &outbox).await?;
         report.outbound = outbox.len();

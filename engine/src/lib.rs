@@ -9,6 +9,7 @@ pub mod connections;
 pub mod dlq;
 pub mod effective;
 pub mod error;
+pub mod feed;
 pub mod generations;
 pub mod health;
 pub mod history;

@@ -47,6 +47,12 @@ pub struct Metrics {
     /// Story views served from Neo4j instead of Valkey, by reason
     /// (`crate::views::Fallback::reason`); every reason exists from the start at zero.
     pub view_cache_fallbacks: IntCounterVec,
+    /// Change feeds (`GET /v1/changes`) open on this instance.
+    pub feed_clients: IntGauge,
+    /// Feeds this instance closed, by reason (`crate::feed::hub::DROP_REASONS`).
+    pub feed_dropped: IntCounterVec,
+    /// Changelog reads that failed, by what was read (the reader retries).
+    pub feed_errors: IntCounterVec,
 }
 
 /// Kinds of `projector_write_errors_total` and `projector_retries_total` a worker can count:
@@ -255,6 +261,33 @@ impl Metrics {
                 }
                 c
             },
+            feed_clients: {
+                let g = IntGauge::new(
+                    "projector_feed_clients",
+                    "Change feeds (GET /v1/changes) open on this instance",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            feed_dropped: {
+                let c = counter(
+                    &r,
+                    "projector_feed_dropped_total",
+                    "Change feeds closed by this instance, by reason (slow_client, too_many, shutdown)",
+                    &["reason"],
+                );
+                for reason in crate::feed::hub::DROP_REASONS {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
+            feed_errors: counter(
+                &r,
+                "projector_feed_errors_total",
+                "Changelog reads from Valkey that failed (retried), by what was read",
+                &["read"],
+            ),
             registry: r,
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-pub use crate::sink::cypher::{APPROVALS, DECISIONS, NEIGHBOURHOOD, TASKS, TIMELINE};
+pub use crate::sink::cypher::{APPROVALS, DECISIONS, NEIGHBOURHOOD, STORIES, TASKS, TIMELINE};
 
 /// One entry of [`TIMELINE`].
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -33,6 +33,18 @@ pub struct DecisionRow {
     pub decided_by: Option<String>,
     /// Epoch milliseconds.
     pub decided_at_ms: Option<i64>,
+}
+
+/// One row of [`STORIES`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoryRow {
+    pub story_id: String,
+    pub title: Option<String>,
+    pub phase: Option<String>,
+    /// The story's revision (as on the change feed).
+    pub revision: i64,
+    /// The story's newest event time, milliseconds since the epoch.
+    pub last_event_time_ms: Option<i64>,
 }
 
 /// One row of [`TASKS`].
@@ -193,7 +205,7 @@ pub async fn story_view(
     if let (Some(c), Some(prefix)) = (cache, &prefix) {
         // A failed refresh only costs the next reader a graph read.
         if let Err(e) = c
-            .put_contexts(prefix, std::slice::from_ref(&ctx), false)
+            .put_contexts(gen, prefix, std::slice::from_ref(&ctx), false)
             .await
         {
             tracing::warn!(error = %e, "could not refresh the cached story view");

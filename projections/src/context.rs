@@ -105,6 +105,10 @@ pub struct StoryContext {
     /// freshness token. Not part of the JSON, which stays a pure function of the events.
     #[serde(skip)]
     pub rev: i64,
+    /// The time of the newest event written to the story node (ms since the epoch; 0 if
+    /// unknown), for the change feed. Not part of the JSON either.
+    #[serde(skip)]
+    pub event_time_ms: i64,
 }
 
 impl StoryContext {
@@ -181,6 +185,7 @@ mod tests {
             last_v: String::new(),
             blocked: None,
             rev: 0,
+            event_time_ms: 0,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod model;
 pub mod ops;
 pub mod partition;
 pub mod project;
+pub mod sections;
 
 pub use decode::{DecodeError, Format, MAX_PAYLOAD_BYTES};
 pub use envelope::Envelope;

@@ -139,9 +139,11 @@ pub async fn rebuild(
     for chunk in ids.chunks(500) {
         let contexts = graph.story_contexts(name, chunk).await?;
         cache
-            .put_contexts(&cache.gen_prefix(name, true), &contexts, true)
+            .put_contexts(name, &cache.gen_prefix(name, true), &contexts, true)
             .await?;
     }
+    // Feed clients learn of the switch after the new views are in place (D68).
+    cache.log_generation(name).await?;
     done.stories = Some(ids.len());
     on_step(Step::Live {
         previous: live.clone(),

@@ -390,7 +390,7 @@ pub async fn replay_stream(
                 let ids: Vec<String> = stories.into_iter().collect();
                 let contexts = t.graph.story_contexts(t.generation, &ids).await?;
                 t.cache
-                    .put_contexts(t.cache_prefix, &contexts, false)
+                    .put_contexts(t.generation, t.cache_prefix, &contexts, false)
                     .await?;
             }
             on_progress(last);

@@ -9,6 +9,7 @@ mod run;
 mod streams;
 mod surface;
 mod verify;
+mod watch;
 
 use crate::cli::{Cli, Command};
 use std::process::ExitCode;
@@ -74,6 +75,7 @@ fn one_shot_on_neo4j(c: &Command) -> bool {
         | Command::Bench(_)
         | Command::Completions { .. }
         | Command::Man { .. }
+        | Command::Watch(_)
         | Command::Config(_) => false,
         Command::Verify(_)
         | Command::Dlq(_)
@@ -91,6 +93,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Completions { shell } => return Ok(surface::completions(shell)),
         Command::Man { out_dir } => return surface::man(out_dir.as_deref()),
         Command::Config(c) => return surface::config(path, c),
+        // The feed's URL is all it needs.
+        Command::Watch(a) => return watch::run(a).await,
         other => other,
     };
     let cfg = engine::config::Config::load(path)?;
@@ -108,7 +112,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Query(q) => query::run(&cfg, q).await,
         Command::Rebuild(a) => rebuild::run(&cfg, a).await,
         Command::Generations(c) => rebuild::generations(&cfg, c).await,
-        Command::Completions { .. } | Command::Man { .. } | Command::Config(_) => {
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Config(_)
+        | Command::Watch(_) => {
             unreachable!("answered above without a config")
         }
     }

@@ -439,6 +439,7 @@ mod tests {
             last_v: String::new(),
             blocked: None,
             rev: 0,
+            event_time_ms: 0,
         }
     }
 

@@ -2,6 +2,8 @@
 //! (`dev/stack up`); every test isolates itself with unique stream, subject and key names.
 #![allow(dead_code)]
 
+pub mod sse;
+
 use engine::config::{Config, DEFAULT_TOML};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

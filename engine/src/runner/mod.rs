@@ -227,13 +227,22 @@ pub async fn run(
             Some(shared.cache.clone()),
             metrics.clone(),
         ));
+        // The change feed and the live viewer: every instance serves every story's feed.
+        let feed = crate::feed::hub::Feed::start(
+            shared.graph.clone(),
+            &shared.cache,
+            cfg.feed.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        );
+        app = app.merge(crate::feed::router(feed));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| RunError::Serve {
                 addr,
                 message: e.to_string(),
             })?;
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the read API (/v1/..., /openapi.json)");
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz, the read API (/v1/..., /openapi.json), the change feed (/v1/changes) and the viewer (/ui/)");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(server_stop)

@@ -10,8 +10,19 @@ use redis::aio::ConnectionManager;
 #[derive(Clone)]
 pub struct CacheSink {
     conn: ConnectionManager,
+    /// For connections of their own (the change feed's blocking reads).
+    client: redis::Client,
     url: String,
     prefix: String,
+    changelog: Caps,
+}
+
+/// How long the changelog (`{prefix}projector:changes`) grows: at most `max_len` entries,
+/// and none older than `max_age_ms` (0: no age limit).
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    max_len: u64,
+    max_age_ms: u64,
 }
 
 impl CacheSink {
@@ -25,13 +36,81 @@ impl CacheSink {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(10)));
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(err)?;
         Ok(CacheSink {
             conn,
+            client,
             url: redact(&cfg.url),
             prefix: cfg.key_prefix.clone(),
+            changelog: Caps {
+                max_len: cfg.changelog_max_len,
+                max_age_ms: cfg.changelog_max_age.as_millis() as u64,
+            },
+        })
+    }
+
+    /// The changelog of the live generation's views: a Valkey stream written in the same
+    /// MULTI as the contexts it reports (`crate::feed`).
+    pub fn changelog_key(&self) -> String {
+        format!("{}projector:changes", self.prefix)
+    }
+
+    /// The Valkey checkpoint keys of a generation start with this.
+    pub fn checkpoint_prefix(&self, gen: &str) -> String {
+        format!("{}projector:checkpoint:{gen}:", self.prefix)
+    }
+
+    /// The shared connection (multiplexed, reconnecting; 10 s response timeout).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// A connection of its own without a response timeout, for blocking reads (`XREAD
+    /// BLOCK`), which would hold up every other command on the shared one.
+    pub async fn blocking_connection(
+        &self,
+    ) -> Result<redis::aio::MultiplexedConnection, WriteError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(self.err())
+    }
+
+    /// Redacted URL, for errors of callers using [`CacheSink::conn`].
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Appends a generation switch to the changelog: feed clients are told to read every
+    /// view again (their revisions start over in the new generation).
+    pub async fn log_generation(&self, gen: &str) -> Result<(), WriteError> {
+        let mut c = self.conn.clone();
+        let _id: String = redis::cmd("XADD")
+            .arg(self.changelog_key())
+            .arg("MAXLEN")
+            .arg(self.changelog.max_len)
+            .arg("*")
+            .arg("kind")
+            .arg("generation")
+            .arg("gen")
+            .arg(gen)
+            .query_async(&mut c)
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Only the live generation's contexts (under the bare prefix) feed the changelog.
+    fn log_for(&self, key_prefix: &str, gen: &str) -> Option<Log> {
+        (key_prefix == self.prefix).then(|| Log {
+            key: self.changelog_key(),
+            gen: gen.to_string(),
+            caps: self.changelog,
         })
     }
 
@@ -112,8 +191,9 @@ impl CacheSink {
     ) -> Result<(), WriteError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let log = self.log_for(key_prefix, gen);
         for ctx in contexts {
-            put(&mut pipe, key_prefix, ctx, force);
+            put(&mut pipe, key_prefix, ctx, force, log.as_ref());
         }
         for (ckpt, seq) in ckpts {
             pipe.set(self.checkpoint_key(gen, ckpt), *seq).ignore();
@@ -123,9 +203,11 @@ impl CacheSink {
         Ok(())
     }
 
-    /// Writes contexts without touching any checkpoint (dead-letter retries, repairs).
+    /// Writes contexts of generation `gen` without touching any checkpoint (dead-letter
+    /// retries, repairs, the re-render after a switch).
     pub async fn put_contexts(
         &self,
+        gen: &str,
         key_prefix: &str,
         contexts: &[StoryContext],
         force: bool,
@@ -135,8 +217,9 @@ impl CacheSink {
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let log = self.log_for(key_prefix, gen);
         for ctx in contexts {
-            put(&mut pipe, key_prefix, ctx, force);
+            put(&mut pipe, key_prefix, ctx, force, log.as_ref());
         }
         let mut c = self.conn.clone();
         let () = pipe.query_async(&mut c).await.map_err(self.err())?;
@@ -249,23 +332,82 @@ fn rev_key(prefix: &str, story_id: &str) -> String {
     format!("{prefix}context-rev:{story_id}")
 }
 
+/// Where a context's section digests are kept (`projections::sections`).
+fn sections_key(prefix: &str, story_id: &str) -> String {
+    format!("{prefix}context-sections:{story_id}")
+}
+
+/// The changelog a live write appends to.
+struct Log {
+    key: String,
+    gen: String,
+    caps: Caps,
+}
+
 /// Sets context and revision unless the stored revision is newer (or with `force`). An equal
 /// revision is the same graph state, so rewriting it is harmless.
+///
+/// With a changelog (`ARGV[4]` = 1), a write at a newer revision also appends a `change`
+/// entry naming the sections whose digest moved (from an empty view's, for a first render): in the same script, so inside the same
+/// MULTI as the context and the checkpoints, never without them, never twice for one
+/// revision. A forced write (a generation switch) or an equal revision appends nothing.
+/// Trimming is exact (`MAXLEN =`, `MINID =`), so the oldest position still held is plain.
 const PUT_IF_NEWER: &str = "local cur = tonumber(redis.call('GET', KEYS[2]) or '-1') \
-    if ARGV[3] == '1' or cur <= tonumber(ARGV[2]) then \
-      redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) return 1 end \
-    return 0";
+    local rev = tonumber(ARGV[2]) \
+    if ARGV[3] ~= '1' and cur > rev then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) \
+    if ARGV[4] ~= '1' then return 1 end \
+    local names = {'story', 'phase', 'plans', 'approvals', 'tasks', 'decisions', 'milestones'} \
+    local old = redis.call('HMGET', KEYS[3], unpack(names)) \
+    local what, set = {}, {} \
+    for i, n in ipairs(names) do \
+      if (old[i] or ARGV[16 + i]) ~= ARGV[9 + i] then table.insert(what, n) end \
+      table.insert(set, n) table.insert(set, ARGV[9 + i]) end \
+    redis.call('HSET', KEYS[3], unpack(set)) \
+    if ARGV[3] == '1' or cur == rev then return 1 end \
+    redis.call('XADD', KEYS[4], 'MAXLEN', '=', ARGV[8], '*', 'kind', 'change', 'story', ARGV[5], \
+      'rev', ARGV[2], 'what', table.concat(what, ','), 'ts', ARGV[7], 'gen', ARGV[6]) \
+    if ARGV[9] ~= '0' then \
+      local t = redis.call('TIME') \
+      local min = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[9]) \
+      redis.call('XTRIM', KEYS[4], 'MINID', '=', string.format('%d', min)) end \
+    return 1";
 
-fn put(pipe: &mut redis::Pipeline, prefix: &str, ctx: &StoryContext, force: bool) {
-    pipe.cmd("EVAL")
+fn put(
+    pipe: &mut redis::Pipeline,
+    prefix: &str,
+    ctx: &StoryContext,
+    force: bool,
+    log: Option<&Log>,
+) {
+    let cmd = pipe
+        .cmd("EVAL")
         .arg(PUT_IF_NEWER)
-        .arg(2)
+        .arg(4)
         .arg(context_key(prefix, &ctx.story_id))
         .arg(rev_key(prefix, &ctx.story_id))
+        .arg(sections_key(prefix, &ctx.story_id))
+        .arg(log.map_or_else(|| format!("{prefix}projector:changes"), |l| l.key.clone()))
         .arg(render(ctx))
         .arg(ctx.rev)
         .arg(if force { "1" } else { "0" })
-        .ignore();
+        .arg(if log.is_some() { "1" } else { "0" })
+        .arg(&ctx.story_id)
+        .arg(log.map_or("", |l| l.gen.as_str()))
+        .arg(ctx.event_time_ms)
+        .arg(log.map_or(0, |l| l.caps.max_len))
+        .arg(log.map_or(0, |l| l.caps.max_age_ms));
+    if log.is_some() {
+        for d in projections::sections::digests(ctx) {
+            cmd.arg(d);
+        }
+        // A story's first render compares with an empty view: `what` names what it has.
+        static EMPTY: std::sync::OnceLock<[String; 7]> = std::sync::OnceLock::new();
+        for d in EMPTY.get_or_init(projections::sections::empty_digests) {
+            cmd.arg(d);
+        }
+    }
+    cmd.ignore();
 }
 
 /// The URL without its password, for logs and errors.

@@ -383,7 +383,7 @@ pub const STORY_CONTEXT: &str = "UNWIND $ids AS sid \
       last_v: coalesce(s.last_v, ''), \
       blocked: CASE WHEN size(parked) = 0 THEN null \
         ELSE {by: parked[0].by, kind: parked[0].kind, reason: parked[0].reason, behind: size(parked) - 1} END} AS ctx, \
-      coalesce(r.rev, 0) AS rev";
+      coalesce(r.rev, 0) AS rev, coalesce(s.last_event_time_ms, 0) AS t";
 
 // ---- Generations (sink/graph/generations.rs) ----
 
@@ -479,6 +479,12 @@ pub const TASKS: &str = "MATCH (t:Task {gen: $gen}) \
     WHERE ($status IS NULL OR t.status = $status) AND ($role IS NULL OR t.role = $role) \
     WITH t ORDER BY t.story_id, t.id SKIP $offset LIMIT $limit \
     RETURN collect({task_id: t.id, story_id: t.story_id, title: t.title, role: t.role, status: t.status, agent_id: t.agent_id}) AS view";
+
+/// Stories by id, a page at a time, with their phase, revision and newest event time.
+pub const STORIES: &str = "MATCH (s:Story {gen: $gen}) \
+    WITH s ORDER BY s.id SKIP $offset LIMIT $limit \
+    OPTIONAL MATCH (r:StoryRev {gen: $gen, id: s.id}) \
+    RETURN collect({story_id: s.id, title: s.title, phase: s.phase, revision: coalesce(r.rev, 0), last_event_time_ms: s.last_event_time_ms}) AS view";
 
 /// Plan approvals, optionally of one story, newest first.
 pub const APPROVALS: &str = "MATCH (a:PlanApproval {gen: $gen}) \

@@ -133,6 +133,14 @@ connect_timeout = {{ $c.neo4j.connect_timeout | quote }}
 [valkey]
 url = {{ $n.valkeyUrl | quote }}
 key_prefix = {{ $c.valkey.key_prefix | quote }}
+changelog_max_len = {{ $c.valkey.changelog_max_len | int64 }}
+changelog_max_age = {{ $c.valkey.changelog_max_age | quote }}
+
+[feed]
+watermark_interval = {{ $c.feed.watermark_interval | quote }}
+heartbeat = {{ $c.feed.heartbeat | quote }}
+client_buffer = {{ $c.feed.client_buffer | int64 }}
+max_clients = {{ $c.feed.max_clients | int64 }}
 
 [stream_defaults]
 replicas = {{ $c.stream_defaults.replicas | int64 }}

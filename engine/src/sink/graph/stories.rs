@@ -45,6 +45,7 @@ impl GraphSink {
                 message: e.to_string(),
             })?;
             ctx.rev = field(&row, "rev")?;
+            ctx.event_time_ms = field(&row, "t")?;
             out.push(ctx);
         }
         Ok(out)
