@@ -47,6 +47,14 @@ pub struct Metrics {
     /// Story views served from Neo4j instead of Valkey, by reason
     /// (`crate::views::Fallback::reason`); every reason exists from the start at zero.
     pub view_cache_fallbacks: IntCounterVec,
+    /// Events a background rebuild (`run --on-projection-change rebuild`) has put into its
+    /// generation, the events it expects in all, and its ETA in seconds (-1: unknown).
+    pub rebuild_events: IntCounterVec,
+    pub rebuild_expected: IntGaugeVec,
+    pub rebuild_eta: IntGaugeVec,
+    /// Each step of a projection upgrade (started, built, verified, switched, dropped_old,
+    /// refused, warned), by generation.
+    pub upgrade_steps: IntCounterVec,
 }
 
 /// Kinds of `projector_write_errors_total` and `projector_retries_total` a worker can count:
@@ -255,6 +263,30 @@ impl Metrics {
                 }
                 c
             },
+            rebuild_events: counter(
+                &r,
+                "projector_rebuild_events_total",
+                "Events a background rebuild has projected into its generation",
+                &["generation"],
+            ),
+            rebuild_expected: gauge(
+                &r,
+                "projector_rebuild_expected_events",
+                "Events a background rebuild expects to project in all (the streams' last sequences when it started)",
+                &["generation"],
+            ),
+            rebuild_eta: gauge(
+                &r,
+                "projector_rebuild_eta_seconds",
+                "Estimated seconds until a background rebuild has read what it expects (-1: unknown yet)",
+                &["generation"],
+            ),
+            upgrade_steps: counter(
+                &r,
+                "projector_upgrade_steps_total",
+                "Steps of projection upgrades (started, built, verified, switched, dropped_old, refused, warned)",
+                &["generation", "step"],
+            ),
             registry: r,
         }
     }

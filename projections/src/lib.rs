@@ -27,6 +27,7 @@ pub mod model;
 pub mod ops;
 pub mod partition;
 pub mod project;
+pub mod version;
 
 pub use decode::{DecodeError, Format, MAX_PAYLOAD_BYTES};
 pub use envelope::Envelope;
@@ -37,3 +38,4 @@ pub use ops::{
 };
 pub use partition::partition_of;
 pub use project::project;
+pub use version::PROJECTION_VERSION;

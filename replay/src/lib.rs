@@ -2,5 +2,7 @@
 
 pub mod generation;
 pub mod hash;
+pub mod progress;
 pub mod rebuild;
 pub mod replay;
+pub mod upgrade;
