@@ -74,10 +74,7 @@ pub async fn show(
                 None => "eta unknown".into(),
             });
         } else if json {
-            eprintln!(
-                "{}",
-                serde_json::json!({"progress": r})
-            );
+            eprintln!("{}", serde_json::json!({"progress": r}));
         } else if last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             last_line = Some(Instant::now());
             eprintln!("{}", line(&r));

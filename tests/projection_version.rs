@@ -9,7 +9,15 @@ fn fingerprint_test(feature: &str) -> std::process::Output {
     let root = env!("CARGO_MANIFEST_DIR");
     Command::new(env!("CARGO"))
         .current_dir(root)
-        .args(["test", "-p", "projections", "--test", "version", "--features", feature])
+        .args([
+            "test",
+            "-p",
+            "projections",
+            "--test",
+            "version",
+            "--features",
+            feature,
+        ])
         .arg("--target-dir")
         .arg(format!("{root}/target/variant"))
         .output()
@@ -19,11 +27,15 @@ fn fingerprint_test(feature: &str) -> std::process::Output {
 #[test]
 fn an_output_change_without_a_version_bump_fails_the_fingerprint_test() {
     let out = fingerprint_test("variant-unbumped");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the unbumped variant passed:\n{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains("but PROJECTION_VERSION is still 1") && text.contains("bump PROJECTION_VERSION"),
+        !out.status.success(),
+        "the unbumped variant passed:\n{text}"
+    );
+    assert!(
+        text.contains("but PROJECTION_VERSION is still 1")
+            && text.contains("bump PROJECTION_VERSION"),
         "{text}"
     );
 }

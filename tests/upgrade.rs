@@ -21,7 +21,13 @@ fn variant_bin() -> PathBuf {
     let target = repo_root().join("target/variant");
     let out = Command::new(env!("CARGO"))
         .current_dir(repo_root())
-        .args(["build", "--bin", "projector", "--features", "projection-variant"])
+        .args([
+            "build",
+            "--bin",
+            "projector",
+            "--features",
+            "projection-variant",
+        ])
         .arg("--target-dir")
         .arg(&target)
         .output()
@@ -63,8 +69,7 @@ struct Proc {
 impl Proc {
     fn start(bin: &Path, t: &TestConfig, extra: &[&str]) -> Proc {
         let port = free_port();
-        let log =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", t.tag));
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", t.tag));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .arg("--config")
@@ -134,7 +139,11 @@ fn generation_names(t: &TestConfig) -> Vec<String> {
 
 /// Waits until `bin` (following live) has projected everything the streams hold.
 fn caught_up(bin: &Path, t: &TestConfig) {
-    let out = cli(bin, t, &["run", "--until-caught-up", "--metrics-addr", "off"]);
+    let out = cli(
+        bin,
+        t,
+        &["run", "--until-caught-up", "--metrics-addr", "off"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -143,7 +152,9 @@ async fn publish_story(t: &TestConfig, js: &jetstream::Context, id: &str, title:
         js,
         &[(
             "planning.story.created",
-            &format!(r#"{{"story_id":"{id}","title":"{title}","timestamp":"2026-02-01T10:00:00Z"}}"#),
+            &format!(
+                r#"{{"story_id":"{id}","title":"{title}","timestamp":"2026-02-01T10:00:00Z"}}"#
+            ),
         )],
     )
     .await;
@@ -163,17 +174,33 @@ async fn a_new_projection_version_rebuilds_in_the_background_and_switches() {
     caught_up(&old_bin(), &t);
     let old = t.main_gen();
     let gens = json(&old_bin(), &t, &["generations", "list", "--json"]);
-    let g = gens.as_array().unwrap().iter().find(|g| g["generation"] == old.as_str()).unwrap();
+    let g = gens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["generation"] == old.as_str())
+        .unwrap();
     assert_eq!(g["projection_version"], 1, "{gens}");
-    assert_eq!(json(&old_bin(), &t, &["query", "story", "US-0001", "--json"])["title"], "Story 1");
+    assert_eq!(
+        json(&old_bin(), &t, &["query", "story", "US-0001", "--json"])["title"],
+        "Story 1"
+    );
 
     // The new code takes over; the old generation stays live and served while it rebuilds.
-    let mut new = Proc::start(&v2, &t, &["--on-projection-change", "rebuild", "--drop-grace", "3"]);
+    let mut new = Proc::start(
+        &v2,
+        &t,
+        &["--on-projection-change", "rebuild", "--drop-grace", "3"],
+    );
     let fresh = old.clone() + "-pv2";
     let mut seen_old = false;
     let mut published = 0;
     let switched = loop {
-        assert!(new.exited().is_none(), "the new process exited:\n{}", new.log());
+        assert!(
+            new.exited().is_none(),
+            "the new process exited:\n{}",
+            new.log()
+        );
         let (code, story) = get(new.port, "/v1/stories/US-0001");
         if code != 0 {
             assert_eq!(code, 200, "a read during the upgrade failed: {story}");
@@ -185,7 +212,13 @@ async fn a_new_projection_version_rebuilds_in_the_background_and_switches() {
         }
         // Events published during the upgrade must all be in at the end.
         if published < 20 {
-            publish_story(&t, &js, &format!("US-UP-{published}"), &format!("during {published}")).await;
+            publish_story(
+                &t,
+                &js,
+                &format!("US-UP-{published}"),
+                &format!("during {published}"),
+            )
+            .await;
             published += 1;
         }
         let (_, ready) = get(new.port, "/readyz");
@@ -194,8 +227,14 @@ async fn a_new_projection_version_rebuilds_in_the_background_and_switches() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(seen_old, "the old generation was not served during the rebuild");
-    assert_eq!(switched["versions"]["generation_projection_version"], 2, "{switched}");
+    assert!(
+        seen_old,
+        "the old generation was not served during the rebuild"
+    );
+    assert_eq!(
+        switched["versions"]["generation_projection_version"], 2,
+        "{switched}"
+    );
     assert_eq!(switched["versions"]["projection_version"], 2);
     for i in published..20 {
         publish_story(&t, &js, &format!("US-UP-{i}"), &format!("during {i}")).await;
@@ -205,14 +244,25 @@ async fn a_new_projection_version_rebuilds_in_the_background_and_switches() {
     // during the upgrade are in.
     eventually(60, || async {
         let (code, s) = get(new.port, "/v1/stories/US-UP-19");
-        if code == 200 && s["title"] == "DURING 19" { Ok(()) } else { Err((code, s)) }
+        if code == 200 && s["title"] == "DURING 19" {
+            Ok(())
+        } else {
+            Err((code, s))
+        }
     })
     .await;
     for i in 0..20 {
-        let s = json(&v2, &t, &["query", "story", &format!("US-UP-{i}"), "--json"]);
+        let s = json(
+            &v2,
+            &t,
+            &["query", "story", &format!("US-UP-{i}"), "--json"],
+        );
         assert_eq!(s["title"], format!("DURING {i}"));
     }
-    assert_eq!(json(&v2, &t, &["query", "story", "US-0001", "--json"])["title"], "STORY 1");
+    assert_eq!(
+        json(&v2, &t, &["query", "story", "US-0001", "--json"])["title"],
+        "STORY 1"
+    );
     let status = json(&v2, &t, &["streams", "status", "--json"]);
     assert_eq!(status["generation"], fresh.as_str());
     assert_eq!(status["generation_versions"]["projection_version"], 2);
@@ -222,7 +272,11 @@ async fn a_new_projection_version_rebuilds_in_the_background_and_switches() {
     // The old generation is gone after the grace period.
     eventually(60, || async {
         let names = generation_names(&t);
-        if names.contains(&old) { Err(names) } else { Ok(()) }
+        if names.contains(&old) {
+            Err(names)
+        } else {
+            Ok(())
+        }
     })
     .await;
     let (_, metrics) = {
@@ -235,9 +289,11 @@ async fn a_new_projection_version_rebuilds_in_the_background_and_switches() {
     };
     for step in ["started", "built", "verified", "switched"] {
         assert!(
-            metrics.lines().any(|l| l.starts_with("projector_upgrade_steps_total")
-                && l.contains(&format!("step=\"{step}\""))
-                && l.ends_with(" 1")),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("projector_upgrade_steps_total")
+                    && l.contains(&format!("step=\"{step}\""))
+                    && l.ends_with(" 1")),
             "step {step} not counted:\n{metrics}"
         );
     }
@@ -254,22 +310,49 @@ async fn refuse_and_newer_versions_exit_2_without_writing() {
     publish_story(&t, &js, "US-R", "refuse").await;
     caught_up(&old_bin(), &t);
     let before = t.digest(&t.main_gen());
-    let out = cli(&v2, &t, &["run", "--until-caught-up", "--metrics-addr", "off", "--on-projection-change", "refuse"]);
+    let out = cli(
+        &v2,
+        &t,
+        &[
+            "run",
+            "--until-caught-up",
+            "--metrics-addr",
+            "off",
+            "--on-projection-change",
+            "refuse",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("projection version 1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("projection version 1"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(t.digest(&t.main_gen()), before);
     // The new version switches live to its generation; then the old binary is refused
     // whatever its policy: it must not rebuild its own version and switch back.
     let mut new = Proc::start(&v2, &t, &["--drop-grace", "600"]);
     eventually(120, || async {
         let (_, r) = get(new.port, "/readyz");
-        if r["versions"]["generation_projection_version"] == 2 { Ok(()) } else { Err(r) }
+        if r["versions"]["generation_projection_version"] == 2 {
+            Ok(())
+        } else {
+            Err(r)
+        }
     })
     .await;
     assert!(new.exited().is_none());
-    let out = cli(&old_bin(), &t, &["run", "--until-caught-up", "--metrics-addr", "off"]);
+    let out = cli(
+        &old_bin(),
+        &t,
+        &["run", "--until-caught-up", "--metrics-addr", "off"],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("newer than this binary's 1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("newer than this binary's 1"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(new.stop(), Some(0));
 }
 
@@ -304,7 +387,12 @@ async fn three_partitioned_instances_upgraded_one_by_one() {
     let fresh = old.clone() + "-pv2";
     let mut olds: Vec<(String, Proc)> = ["a", "b", "c"]
         .iter()
-        .map(|i| (i.to_string(), Proc::start(&old_bin(), &t, &["--instance", i])))
+        .map(|i| {
+            (
+                i.to_string(),
+                Proc::start(&old_bin(), &t, &["--instance", i]),
+            )
+        })
         .collect();
     eventually(120, || async { all_caught_up(&t) }).await;
 
@@ -317,7 +405,11 @@ async fn three_partitioned_instances_upgraded_one_by_one() {
         if p.exited().is_none() {
             p.stop();
         }
-        news.push(Proc::start(&v2, &t, &["--instance", &name, "--drop-grace", "3"]));
+        news.push(Proc::start(
+            &v2,
+            &t,
+            &["--instance", &name, "--drop-grace", "3"],
+        ));
         // Events published during the upgrade, on every partition.
         for _ in 0..10 {
             publish_story(&t, &js, &format!("US-RU-{n}"), &format!("rolling {n}")).await;
@@ -326,7 +418,11 @@ async fn three_partitioned_instances_upgraded_one_by_one() {
         let first = &news[0];
         eventually(300, || async {
             let (_, r) = get(first.port, "/readyz");
-            if r["versions"]["generation"] == fresh.as_str() { Ok(()) } else { Err(r) }
+            if r["versions"]["generation"] == fresh.as_str() {
+                Ok(())
+            } else {
+                Err(r)
+            }
         })
         .await;
         for _ in 0..10 {
@@ -339,14 +435,22 @@ async fn three_partitioned_instances_upgraded_one_by_one() {
     }
     eventually(120, || async { all_caught_up(&t) }).await;
     for i in 0..n {
-        let s = json(&v2, &t, &["query", "story", &format!("US-RU-{i}"), "--json"]);
+        let s = json(
+            &v2,
+            &t,
+            &["query", "story", &format!("US-RU-{i}"), "--json"],
+        );
         assert_eq!(s["title"], format!("ROLLING {i}"), "{s}");
     }
     let out = cli(&v2, &t, &["verify", "--against-rebuild", "--json"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     eventually(60, || async {
         let names = generation_names(&t);
-        if names.contains(&old) { Err(names) } else { Ok(()) }
+        if names.contains(&old) {
+            Err(names)
+        } else {
+            Ok(())
+        }
     })
     .await;
     for p in news {

@@ -54,7 +54,12 @@ impl Health {
     }
 
     /// Records the generation written and the versions that created it.
-    pub fn set_generation(&self, generation: &str, projection: Option<i64>, binary: Option<String>) {
+    pub fn set_generation(
+        &self,
+        generation: &str,
+        projection: Option<i64>,
+        binary: Option<String>,
+    ) {
         let mut v = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         v.generation = generation.to_string();
         v.generation_projection_version = projection;

@@ -33,7 +33,12 @@ pub struct Report {
 /// assert_eq!(estimate(100, 1000, 100, Duration::from_secs(10)).1, None);
 /// assert_eq!(estimate(1200, 1000, 0, Duration::from_secs(10)).1, Some(0.0));
 /// ```
-pub fn estimate(done: u64, expected: u64, start_done: u64, elapsed: Duration) -> (f64, Option<f64>) {
+pub fn estimate(
+    done: u64,
+    expected: u64,
+    start_done: u64,
+    elapsed: Duration,
+) -> (f64, Option<f64>) {
     let read = done.saturating_sub(start_done);
     let secs = elapsed.as_secs_f64();
     if read == 0 || secs <= 0.0 {

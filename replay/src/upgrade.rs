@@ -99,10 +99,15 @@ async fn upgrade(
         tokio::time::sleep(grace).await;
         match drop_old(&cfg, &old).await {
             Ok(nodes) => {
-                metrics.upgrade_steps.with_label_values(&[&old, "dropped_old"]).inc();
+                metrics
+                    .upgrade_steps
+                    .with_label_values(&[&old, "dropped_old"])
+                    .inc();
                 tracing::info!(generation = %old, nodes, "dropped the previous projection version's generation");
             }
-            Err(e) => tracing::error!(generation = %old, error = %e, "could not drop the previous projection version's generation; drop it with `projector generations drop {old} --yes`"),
+            Err(e) => {
+                tracing::error!(generation = %old, error = %e, "could not drop the previous projection version's generation; drop it with `projector generations drop {old} --yes`")
+            }
         }
     });
     Ok(true)
@@ -149,7 +154,10 @@ async fn build_and_switch(
                 .with_label_values(&[&gen])
                 .inc_by(r.done.saturating_sub(counted));
             counted = counted.max(r.done);
-            metrics.rebuild_expected.with_label_values(&[&gen]).set(r.expected as i64);
+            metrics
+                .rebuild_expected
+                .with_label_values(&[&gen])
+                .set(r.expected as i64);
             metrics
                 .rebuild_eta
                 .with_label_values(&[&gen])
@@ -210,7 +218,11 @@ async fn checkpoint_sum(cfg: &Config, graph: &GraphSink, gen: &str) -> Result<u6
     let mut total = 0;
     for p in &cfg.projectors {
         for s in &p.streams {
-            total += graph.checkpoints_of(gen, &p.name, s).await?.values().sum::<u64>();
+            total += graph
+                .checkpoints_of(gen, &p.name, s)
+                .await?
+                .values()
+                .sum::<u64>();
         }
     }
     Ok(total)
@@ -256,13 +268,16 @@ async fn claim(
         }
         match kv.create(&key, me.clone().into()).await {
             Ok(mut revision) => {
-                let (kv2, key2, me2, every) = (kv.clone(), key.clone(), me.clone(), pc.lease_ttl / 3);
+                let (kv2, key2, me2, every) =
+                    (kv.clone(), key.clone(), me.clone(), pc.lease_ttl / 3);
                 let refresh = tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(every).await;
                         match kv2.update(&key2, me2.clone().into(), revision).await {
                             Ok(r) => revision = r,
-                            Err(e) => tracing::warn!(key = %key2, error = %e, "could not refresh the upgrade claim"),
+                            Err(e) => {
+                                tracing::warn!(key = %key2, error = %e, "could not refresh the upgrade claim")
+                            }
                         }
                     }
                 });
@@ -279,7 +294,9 @@ async fn claim(
                 if !waited {
                     waited = true;
                     tracing::info!(generation = %name, "another instance is building the new generation; waiting for its switch");
-                    ctx.health.set_upgrade(Some(format!("waiting for another instance to build {name}")));
+                    ctx.health.set_upgrade(Some(format!(
+                        "waiting for another instance to build {name}"
+                    )));
                 }
                 tokio::time::sleep(pc.lease_ttl / 3).await;
             }

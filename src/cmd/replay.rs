@@ -108,12 +108,8 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
                     Some(b) => b.set_position(n),
                     None if last_log.elapsed() > every => {
                         last_log = Instant::now();
-                        let (rate, eta) = replay::progress::estimate(
-                            n,
-                            total,
-                            0,
-                            started.elapsed(),
-                        );
+                        let (rate, eta) =
+                            replay::progress::estimate(n, total, 0, started.elapsed());
                         let r = replay::progress::Report {
                             generation: generation.clone(),
                             done: n,

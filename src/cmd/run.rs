@@ -41,9 +41,13 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
         }),
     };
     let on_change = match a.on_projection_change {
-        OnProjectionChangeArg::Rebuild => runner::OnProjectionChange::Rebuild(
-            replay::upgrade::hook(cfg.clone(), opts.batch_size, Duration::from_secs(a.drop_grace)),
-        ),
+        OnProjectionChangeArg::Rebuild => {
+            runner::OnProjectionChange::Rebuild(replay::upgrade::hook(
+                cfg.clone(),
+                opts.batch_size,
+                Duration::from_secs(a.drop_grace),
+            ))
+        }
         OnProjectionChangeArg::Warn => runner::OnProjectionChange::Warn,
         OnProjectionChangeArg::Refuse => runner::OnProjectionChange::Refuse,
     };
