@@ -193,6 +193,17 @@ pub enum OnGapArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OnProjectionChangeArg {
+    /// Keep the old generation live and served, build one with this binary's projections in
+    /// the background, check it, switch, drop the old one after --drop-grace.
+    Rebuild,
+    /// Project into the old generation anyway (it then mixes two versions' output).
+    Warn,
+    /// Exit 2 without writing.
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum TransactionPerArg {
     /// One worker per stream of a partition, each committing its own batches (the fastest
     /// measured on a 2-core Neo4j, docs/benchmarks.md).
@@ -248,6 +259,15 @@ pub struct RunArgs {
     /// /readyz reports ready only while every worker's lag is at most this.
     #[arg(long, default_value_t = 10_000)]
     pub ready_lag: u64,
+    /// When the live generation was created by another (older) projection version: rebuild
+    /// it in the background and switch, project into it with a warning, or refuse (exit 2).
+    /// A newer version than this binary's is always refused (docs/operations.md, "Upgrades").
+    #[arg(long, value_enum, default_value_t = OnProjectionChangeArg::Rebuild)]
+    pub on_projection_change: OnProjectionChangeArg,
+    /// Seconds the old generation is kept after a background rebuild's switch (readers
+    /// holding it finish; a quick rollback stays possible) before it is dropped.
+    #[arg(long, default_value_t = 300)]
+    pub drop_grace: u64,
 }
 
 #[derive(Debug, Subcommand)]

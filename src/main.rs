@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 mod fmt;
 mod logging;
+mod progress;
 
 use clap::Parser;
 use std::process::ExitCode;

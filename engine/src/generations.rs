@@ -6,7 +6,10 @@
 
 use crate::error::WriteError;
 use crate::sink::cache::CacheSink;
-use crate::sink::graph::{CheckpointKey, GenerationSize, GraphSink};
+use crate::sink::graph::{CheckpointKey, GenerationMarker, GenerationSize, GraphSink};
+
+/// This binary's version, recorded with every generation it creates.
+pub const BINARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The live generation's name.
 pub async fn live(graph: &GraphSink) -> Result<String, WriteError> {
@@ -42,6 +45,11 @@ pub struct GenerationInfo {
     pub created_ms: Option<i64>,
     /// `building` while a rebuild has not finished it, `built` after, `None` otherwise.
     pub state: Option<String>,
+    /// The projection version that created it; `None` when created before projector
+    /// recorded versions (then it counts as another version than any binary's).
+    pub projection_version: Option<i64>,
+    /// The binary version that created it, `None` likewise.
+    pub binary_version: Option<String>,
     /// The live-generation pointers (one per deployment) that name it.
     pub live_for: Vec<String>,
 }
@@ -64,16 +72,18 @@ pub async fn list(graph: &GraphSink) -> Result<Vec<GenerationInfo>, WriteError> 
                  nodes,
                  stories,
              }| {
-                // Unmarked (built before markers existed): creation time and state unknown.
-                let (created_ms, state) = marks.remove(&generation).unwrap_or((None, None));
+                // Unmarked (built before markers existed): everything but the size unknown.
+                let m = marks.remove(&generation).unwrap_or_default();
                 GenerationInfo {
                     // No pointer names it: live for nobody.
                     live_for: pointers.get(&generation).cloned().unwrap_or_default(),
                     generation,
                     nodes,
                     stories,
-                    created_ms,
-                    state,
+                    created_ms: m.created_ms,
+                    state: m.state,
+                    projection_version: m.projection_version,
+                    binary_version: m.binary_version,
                 }
             },
         )
@@ -86,6 +96,8 @@ pub async fn list(graph: &GraphSink) -> Result<Vec<GenerationInfo>, WriteError> 
                 stories: 0,
                 created_ms: None,
                 state: None,
+                projection_version: None,
+                binary_version: None,
                 live_for,
             });
         }
@@ -116,7 +128,7 @@ async fn markers(graph: &GraphSink) -> Result<Marks, WriteError> {
     graph.generation_markers().await
 }
 
-type Marks = std::collections::BTreeMap<String, (Option<i64>, Option<String>)>;
+type Marks = std::collections::BTreeMap<String, GenerationMarker>;
 
 /// Records that projector writes into `name` (its created time, once), and with `state` its
 /// build state (`building`, `built`).
@@ -132,7 +144,16 @@ pub async fn unmark_if_empty(graph: &GraphSink, name: &str) -> Result<(), WriteE
 
 /// The build state recorded for `name` (`building`, `built`), if any.
 pub async fn state(graph: &GraphSink, name: &str) -> Result<Option<String>, WriteError> {
-    Ok(markers(graph).await?.remove(name).and_then(|(_, s)| s))
+    Ok(markers(graph).await?.remove(name).and_then(|m| m.state))
+}
+
+/// The projection version recorded for `name`; `None` when it has no marker or its marker
+/// predates recorded versions.
+pub async fn projection_version(graph: &GraphSink, name: &str) -> Result<Option<i64>, WriteError> {
+    Ok(markers(graph)
+        .await?
+        .remove(name)
+        .and_then(|m| m.projection_version))
 }
 
 /// Whether `name` is a generation: live for some deployment, or holding any node.

@@ -53,6 +53,14 @@ pub struct Metrics {
     pub feed_dropped: IntCounterVec,
     /// Changelog reads that failed, by what was read (the reader retries).
     pub feed_errors: IntCounterVec,
+    /// Events a background rebuild (`run --on-projection-change rebuild`) has put into its
+    /// generation, the events it expects in all, and its ETA in seconds (-1: unknown).
+    pub rebuild_events: IntCounterVec,
+    pub rebuild_expected: IntGaugeVec,
+    pub rebuild_eta: IntGaugeVec,
+    /// Each step of a projection upgrade (started, built, verified, switched, dropped_old,
+    /// refused, warned), by generation.
+    pub upgrade_steps: IntCounterVec,
 }
 
 /// Kinds of `projector_write_errors_total` and `projector_retries_total` a worker can count:
@@ -287,6 +295,30 @@ impl Metrics {
                 "projector_feed_errors_total",
                 "Changelog reads from Valkey that failed (retried), by what was read",
                 &["read"],
+            ),
+            rebuild_events: counter(
+                &r,
+                "projector_rebuild_events_total",
+                "Events a background rebuild has projected into its generation",
+                &["generation"],
+            ),
+            rebuild_expected: gauge(
+                &r,
+                "projector_rebuild_expected_events",
+                "Events a background rebuild expects to project in all (the streams' last sequences when it started)",
+                &["generation"],
+            ),
+            rebuild_eta: gauge(
+                &r,
+                "projector_rebuild_eta_seconds",
+                "Estimated seconds until a background rebuild has read what it expects (-1: unknown yet)",
+                &["generation"],
+            ),
+            upgrade_steps: counter(
+                &r,
+                "projector_upgrade_steps_total",
+                "Steps of projection upgrades (started, built, verified, switched, dropped_old, refused, warned)",
+                &["generation", "step"],
             ),
             registry: r,
         }

@@ -42,6 +42,9 @@ pub struct Progress {
     /// Why the partition holders are unknown, if they are (a missing or unreadable lease
     /// bucket): then a `None` holder is unknown, not "no holder".
     pub lease_error: Option<String>,
+    /// The projection and binary versions that created the generation (`None`: unrecorded).
+    pub projection_version: Option<i64>,
+    pub binary_version: Option<String>,
 }
 
 /// Reads the progress of every configured projector in `generation` (default: the live
@@ -123,10 +126,18 @@ pub async fn progress(
             halted,
         })
         .collect();
+    let marker = g
+        .generation_markers()
+        .await?
+        .remove(&generation)
+        // No marker: a generation written before projector recorded markers.
+        .unwrap_or_default();
     Ok(Progress {
         partitions,
         lost,
         generation,
         lease_error,
+        projection_version: marker.projection_version,
+        binary_version: marker.binary_version,
     })
 }

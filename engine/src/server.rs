@@ -44,6 +44,8 @@ pub(crate) async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse
 pub struct Readiness {
     pub ready: bool,
     pub workers: std::collections::BTreeMap<String, crate::health::WorkerHealth>,
+    /// This binary's versions and the generation it writes, with the versions that created it.
+    pub versions: crate::health::Versions,
 }
 
 /// Readiness: every worker connected, none halted, each lag at most `run --ready-lag`.
@@ -61,6 +63,7 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         Json(Readiness {
             ready: code == StatusCode::OK,
             workers: s.health.snapshot(),
+            versions: s.health.versions(),
         }),
     )
 }

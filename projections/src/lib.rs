@@ -29,6 +29,7 @@ pub mod ops;
 pub mod partition;
 pub mod project;
 pub mod sections;
+pub mod version;
 
 pub use decode::{DecodeError, Format, MAX_PAYLOAD_BYTES};
 pub use envelope::Envelope;
@@ -39,3 +40,4 @@ pub use ops::{
 };
 pub use partition::partition_of;
 pub use project::project;
+pub use version::PROJECTION_VERSION;

@@ -30,7 +30,8 @@ pub fn project(env: &Envelope<'_>, event: &Event) -> Projection {
             created_by,
             ..
         } => {
-            b.node(Group::StoryTitle, story_id, vec![title.clone().into()]);
+            let title = title.as_deref().map(crate::version::story_title);
+            b.node(Group::StoryTitle, story_id, vec![title.into()]);
             if description.is_some() {
                 b.node(
                     Group::StoryDescription,

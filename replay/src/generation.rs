@@ -386,3 +386,69 @@ pub async fn build_generation(
         .map(|s| CheckpointKey::new(projector, s, 0))
         .collect())
 }
+
+/// Switches live to the built generation `name` holding every projector of `projectors`
+/// (their checkpoint keys `keys`), catching up again while live keeps moving ahead, then
+/// re-renders the live cache from it. Returns the story contexts re-rendered. The switch of
+/// `run --on-projection-change rebuild` (`crate::upgrade`); `rebuild` keeps its own.
+pub async fn switch_live(
+    cfg: &Config,
+    projectors: &[String],
+    name: &str,
+    keys: &[CheckpointKey],
+    batch_size: usize,
+) -> Result<usize, RebuildError> {
+    let graph = GraphSink::for_config(cfg)?;
+    let others: Vec<u32> = (1..cfg.partitions.count).collect();
+    let mut switched = false;
+    for attempt in 0..SWITCH_ATTEMPTS {
+        // As in `switch`: partitions start where the one-partition build ended.
+        for projector in projectors {
+            let Some(p) = cfg.projector(projector) else {
+                return Err(unknown_projector(cfg, projector));
+            };
+            for s in &p.streams {
+                let at = graph
+                    .checkpoint(name, &CheckpointKey::new(projector, s, 0))
+                    .await?
+                    // No checkpoint: the stream was empty when built, so nothing was read.
+                    .unwrap_or(0);
+                graph
+                    .set_checkpoints(name, projector, s, &others, at)
+                    .await?;
+            }
+        }
+        if generations::promote(&graph, name, keys).await? {
+            switched = true;
+            break;
+        }
+        tracing::info!(
+            attempt,
+            "live is ahead of {name}; catching up before the switch"
+        );
+        for projector in projectors {
+            if let Some(p) = cfg.projector(projector) {
+                for s in &p.streams {
+                    graph
+                        .delete_checkpoints(name, projector, s, &others)
+                        .await?;
+                }
+            }
+            build_generation(cfg, projector, name, None, batch_size).await?;
+        }
+    }
+    if !switched {
+        return Err(RebuildError::Failed(format!(
+            "generation {name} kept falling behind live; it is built but not live"
+        )));
+    }
+    let cache = CacheSink::connect(&cfg.valkey).await?;
+    let ids = graph.story_ids(name).await?;
+    for chunk in ids.chunks(500) {
+        let contexts = graph.story_contexts(name, chunk).await?;
+        cache
+            .put_contexts(&cache.gen_prefix(name, true), &contexts, true)
+            .await?;
+    }
+    Ok(ids.len())
+}

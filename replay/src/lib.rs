@@ -3,5 +3,7 @@
 pub mod generation;
 pub mod hash;
 pub mod parking;
+pub mod progress;
 pub mod rebuild;
 pub mod replay;
+pub mod upgrade;

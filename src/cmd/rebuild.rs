@@ -33,6 +33,7 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
         keep_old: a.keep_old,
         batch_size: a.batch_size as usize,
     };
+    let shown = crate::progress::show(cfg, &req.projector, &req.name, a.json).await?;
     let done = rebuild(cfg, &req, |step| match step {
         // Said with --json too: it happens before the build, which may still fail.
         Step::Replaced { nodes } => {
@@ -50,7 +51,9 @@ pub async fn run(cfg: &Config, a: RebuildArgs) -> Result<ExitCode, CliError> {
         }
         Step::Live { .. } | Step::DroppedOld { .. } => {}
     })
-    .await?;
+    .await;
+    shown.finish();
+    let done = done?;
     if a.json {
         println!(
             "{}",
@@ -100,6 +103,10 @@ pub async fn generations(cfg: &Config, c: GenerationsCommand) -> Result<ExitCode
                             .map(crate::fmt::timestamp_ms)
                             .unwrap_or_else(|| crate::fmt::UNKNOWN.into()),
                         crate::fmt::or_unknown(g.state.as_deref()).into(),
+                        g.projection_version
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| crate::fmt::UNKNOWN.into()),
+                        crate::fmt::or_unknown(g.binary_version.as_deref()).into(),
                         g.live_for.join(", "),
                     ]
                 });
@@ -112,6 +119,8 @@ pub async fn generations(cfg: &Config, c: GenerationsCommand) -> Result<ExitCode
                             "STORIES",
                             "CREATED",
                             "STATE",
+                            "PROJECTION",
+                            "BINARY",
                             "LIVE FOR"
                         ],
                         rows

@@ -72,7 +72,8 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
         // The replay may have ended and dropped the receiver: then nobody needs the stop.
         let _ = stop_tx.send(true);
     });
-    let tty = std::io::stderr().is_terminal();
+    // A bar on a terminal; with --json, JSON progress lines on stderr instead.
+    let tty = !a.json && std::io::stderr().is_terminal();
     let mut all_done = true;
     let (mut projected, mut skipped) = (0u64, 0u64);
     for r in &ranges {
@@ -104,11 +105,25 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
             r,
             |done| {
                 let n = done + 1 - start;
+                let every = Duration::from_secs(if a.json { 1 } else { 5 });
                 match &bar {
                     Some(b) => b.set_position(n),
-                    None if last_log.elapsed() > Duration::from_secs(5) => {
+                    None if last_log.elapsed() > every => {
                         last_log = Instant::now();
-                        tracing::info!(stream = %stream, done = n, total, rate = (n as f64 / started.elapsed().as_secs_f64()) as u64, "replaying");
+                        let (rate, eta) =
+                            replay::progress::estimate(n, total, 0, started.elapsed());
+                        let r = replay::progress::Report {
+                            generation: generation.clone(),
+                            done: n,
+                            expected: total,
+                            events_per_sec: rate,
+                            eta_secs: eta,
+                        };
+                        if a.json {
+                            eprintln!("{}", serde_json::json!({"progress": r, "stream": stream}));
+                        } else {
+                            eprintln!("{} {stream}", crate::progress::line(&r));
+                        }
                     }
                     None => {}
                 }

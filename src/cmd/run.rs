@@ -1,7 +1,7 @@
 //! `projector run`.
 
 use super::CliError;
-use crate::cli::{OnErrorArg, OnGapArg, RunArgs, TransactionPerArg};
+use crate::cli::{OnErrorArg, OnGapArg, OnProjectionChangeArg, RunArgs, TransactionPerArg};
 use engine::config::Config;
 use engine::runner::{self, RunOptions};
 use engine::worker::{Exit, OnError, OnGap, TransactionPer};
@@ -40,7 +40,18 @@ pub async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode, CliError> {
             format!("{host}-{}", std::process::id())
         }),
     };
-    let exits = runner::run(cfg, opts, None).await?;
+    let on_change = match a.on_projection_change {
+        OnProjectionChangeArg::Rebuild => {
+            runner::OnProjectionChange::Rebuild(replay::upgrade::hook(
+                cfg.clone(),
+                opts.batch_size,
+                Duration::from_secs(a.drop_grace),
+            ))
+        }
+        OnProjectionChangeArg::Warn => runner::OnProjectionChange::Warn,
+        OnProjectionChangeArg::Refuse => runner::OnProjectionChange::Refuse,
+    };
+    let exits = runner::run_with(cfg, opts, None, on_change).await?;
     for (name, exit) in &exits {
         match exit {
             Exit::CaughtUp { checkpoints } => {

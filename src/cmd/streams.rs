@@ -90,22 +90,33 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                 engine::progress::progress(cfg, &js, args.generation.as_deref(), &st).await;
             if args.json {
                 // Unknown is null, not empty: an empty list would say "nothing was lost".
-                let (projectors, lost, generation, lease_error, neo4j_error) = match &progress {
-                    Ok(p) => (
-                        Some(p.partitions.clone()),
-                        Some(p.lost.clone()),
-                        Some(p.generation.clone()),
-                        p.lease_error.clone(),
-                        None,
-                    ),
-                    Err(e) => (None, None, None, None, Some(e.to_string())),
-                };
+                let (projectors, lost, generation, lease_error, neo4j_error, versions) =
+                    match &progress {
+                        Ok(p) => (
+                            Some(p.partitions.clone()),
+                            Some(p.lost.clone()),
+                            Some(p.generation.clone()),
+                            p.lease_error.clone(),
+                            None,
+                            Some(serde_json::json!({
+                                "projection_version": p.projection_version,
+                                "binary_version": p.binary_version,
+                            })),
+                        ),
+                        Err(e) => (None, None, None, None, Some(e.to_string()), None),
+                    };
                 if let Some(e) = &lease_error {
                     eprintln!("warning: partition holders unknown ({e}); every holder is null");
                 }
                 let v = serde_json::json!({
                     "streams": st,
                     "generation": generation,
+                    // What created the generation (null: unknown), and what this binary is.
+                    "generation_versions": versions,
+                    "binary": {
+                        "projection_version": projections::PROJECTION_VERSION,
+                        "binary_version": engine::generations::BINARY_VERSION,
+                    },
                     "projectors": projectors,
                     "lost_ranges": lost,
                     "neo4j_error": neo4j_error,
@@ -160,8 +171,20 @@ pub async fn run(cfg: &Config, cmd: StreamsCommand) -> Result<ExitCode, CliError
                     lost,
                     generation,
                     lease_error,
+                    projection_version,
+                    binary_version,
                 }) => {
                     println!("\nPROJECTOR CHECKPOINTS (generation {generation})");
+                    println!(
+                        "  built by projection version {}, binary {}; this binary: projection version {}, binary {}",
+                        projection_version
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "unknown".into()),
+                        // Unrecorded: created before versions were recorded.
+                        binary_version.as_deref().unwrap_or("unknown"),
+                        projections::PROJECTION_VERSION,
+                        engine::generations::BINARY_VERSION
+                    );
                     if let Some(e) = lease_error {
                         eprintln!(
                             "warning: partition holders unknown ({e}); shown as \"holder unknown\""

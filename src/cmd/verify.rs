@@ -51,7 +51,7 @@ pub async fn run(cfg: &Config, a: VerifyArgs) -> Result<ExitCode, CliError> {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let result = compare_with_rebuild(cfg, &sink, &gen, &d.hash, &tmp).await;
+    let result = compare_with_rebuild(cfg, &sink, &gen, &d.hash, &tmp, a.json).await;
     // The temporary generation and its durables go on every path: success, error, signal.
     let cleanup = drop_temporary(cfg, &sink, &tmp).await;
     watcher.abort();
@@ -102,10 +102,14 @@ async fn compare_with_rebuild(
     gen: &str,
     hash: &str,
     tmp: &str,
+    json: bool,
 ) -> Result<(replay::hash::GraphDigest, Vec<String>), CliError> {
     let mut diffs = Vec::new();
     for p in &cfg.projectors {
-        replay::generation::build_generation(cfg, &p.name, tmp, None, 2000).await?;
+        let shown = crate::progress::show(cfg, &p.name, tmp, json).await?;
+        let built = replay::generation::build_generation(cfg, &p.name, tmp, None, 2000).await;
+        shown.finish();
+        built?;
     }
     let fresh = replay::hash::graph_digest(sink, tmp).await?;
     if fresh.hash != hash {

@@ -7,6 +7,9 @@
 
 mod backlog;
 mod supervise;
+pub mod upgrade;
+
+pub use upgrade::{OnProjectionChange, RebuildHook, UpgradeContext};
 
 use crate::config::Config;
 use crate::error::WriteError;
@@ -83,6 +86,25 @@ pub enum RunError {
          (docs/operations.md, \"Work-queue streams\")"
     )]
     NotLimits { stream: String, retention: String },
+    #[error(
+        "the live generation {generation} was created by projection version {}, this binary projects version {ours}; refusing to write it (--on-projection-change refuse). Rebuild with `projector rebuild`, run with --on-projection-change rebuild, or accept the mix with warn",
+        .live_version.map(|v| v.to_string()).unwrap_or_else(|| "unknown (created before versions were recorded)".into())
+    )]
+    ProjectionChanged {
+        generation: String,
+        live_version: Option<i64>,
+        ours: u32,
+    },
+    #[error(
+        "the live generation {generation} was created by projection version {live_version}, newer than this binary's {ours}: an upgrade switched past this version. Run the newer binary; to go back, `projector rebuild` with this one"
+    )]
+    NewerProjection {
+        generation: String,
+        live_version: i64,
+        ours: u32,
+    },
+    #[error("background rebuild: {0}")]
+    Upgrade(String),
 }
 
 impl RunError {
@@ -93,6 +115,8 @@ impl RunError {
             RunError::UnknownProjector(..)
                 | RunError::PartitionedGeneration { .. }
                 | RunError::NotLimits { .. }
+                | RunError::ProjectionChanged { .. }
+                | RunError::NewerProjection { .. }
                 | RunError::Layout(crate::layout::LayoutApplyError::Layout(_))
                 | RunError::Connect(crate::nats::ConnectError::BadUrl { .. })
                 | RunError::Open(crate::connections::OpenError::Nats(
@@ -176,10 +200,23 @@ pub async fn shutdown_signal() {
 }
 
 /// Runs the projectors until a signal, caught up (`until_caught_up`), or a halting error.
+/// A live generation of an older projection version is projected with a warning (see
+/// [`run_with`] for the other policies).
 pub async fn run(
     cfg: &Config,
     opts: RunOptions,
     router: Option<axum::Router>,
+) -> Result<Vec<(String, Exit)>, RunError> {
+    run_with(cfg, opts, router, OnProjectionChange::Warn).await
+}
+
+/// [`run`], with `on_change` deciding what a live generation of another projection version
+/// does (following live only; a fixed `--generation` is written as it is).
+pub async fn run_with(
+    cfg: &Config,
+    opts: RunOptions,
+    router: Option<axum::Router>,
+    on_change: OnProjectionChange,
 ) -> Result<Vec<(String, Exit)>, RunError> {
     let metrics = Metrics::new();
     let health = Health::new(opts.ready_lag);
@@ -258,12 +295,27 @@ pub async fn run(
         .await?;
     let follow_live = opts.generation.is_none();
     crate::generations::register_pointer(&shared.graph).await?;
+    if follow_live && !upgrade::apply(&shared.graph, on_change, &metrics, &health).await? {
+        // Stopped during the background rebuild: the old generation stays live. Err: nobody
+        // listens any more, which is the same.
+        let _ = stop_tx.send(true);
+        return Ok(Vec::new());
+    }
     let generation = match &opts.generation {
         Some(g) => g.clone(),
         None => crate::generations::live(&shared.graph).await?,
     };
-    // `generations list` shows when a generation was first written.
+    // `generations list` shows when a generation was first written, and by which versions.
     crate::generations::mark(&shared.graph, &generation, None).await?;
+    let marker = crate::generations::list(&shared.graph)
+        .await?
+        .into_iter()
+        .find(|g| g.generation == generation);
+    health.set_generation(
+        &generation,
+        marker.as_ref().and_then(|g| g.projection_version),
+        marker.and_then(|g| g.binary_version),
+    );
     let live = follow_live || generation == crate::generations::live(&shared.graph).await?;
     let partitioned = cfg.partitions.count > 1 && !opts.until_caught_up;
     for p in &projectors {

@@ -418,13 +418,16 @@ pub const GENERATION_SIZES: &str = "MATCH (n) WHERE n.gen IS NOT NULL \
 /// Every deployment's pointer: `id`, `name`.
 pub const POINTERS: &str = "MATCH (p:GenerationPointer) RETURN p.id AS id, p.name AS name";
 
-/// Every generation marker: `gen`, `created` (epoch ms), `state` (either may be null).
-pub const GENERATION_MARKERS: &str =
-    "MATCH (g:Generation) RETURN g.gen AS gen, g.created_ms AS created, g.state AS state";
+/// Every generation marker: `gen`, `created` (epoch ms), `state`, `projection_version`,
+/// `binary_version` (any but `gen` may be null).
+pub const GENERATION_MARKERS: &str = "MATCH (g:Generation) RETURN g.gen AS gen, \
+     g.created_ms AS created, g.state AS state, \
+     g.projection_version AS projection_version, g.binary_version AS binary_version";
 
-/// Marks generation `$gen` (created time once; `$state` when not null).
+/// Marks generation `$gen` (created time and the projection `$pv` and binary `$bv` versions
+/// that write it, once; `$state` when not null).
 pub const GENERATION_MARK: &str = "MERGE (g:Generation {gen: $gen, id: $gen}) \
-     ON CREATE SET g.created_ms = timestamp() \
+     ON CREATE SET g.created_ms = timestamp(), g.projection_version = $pv, g.binary_version = $bv \
      FOREACH (_ IN CASE WHEN $state IS NULL THEN [] ELSE [1] END | SET g.state = $state)";
 
 /// Removes `$gen`'s marker when nothing else carries its `gen`.

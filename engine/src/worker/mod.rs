@@ -196,6 +196,15 @@ pub enum WorkerError {
     },
     #[error("{stream}: {error}")]
     Fatal { stream: String, error: String },
+    #[error(
+        "the live generation {generation} was created by projection version {} and this binary projects version {ours}: it does not write a generation of another version (an upgrade switched live to it). Run this version's successor, or `projector rebuild` to go back (docs/operations.md, \"Upgrades\")",
+        .live_version.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
+    )]
+    Fenced {
+        generation: String,
+        live_version: Option<i64>,
+        ours: u32,
+    },
 }
 
 /// The worker of one (projector, partition): every stream's source and one committer.

@@ -24,6 +24,27 @@ impl Worker {
                     error: e.to_string(),
                 })?;
             if live != self.cfg.generation {
+                // Fence of upgrades: a promotion to a generation of another projection
+                // version ends this worker's writes; the commit's live fence stops every
+                // batch to the old one, so nothing of this version lands in the new one.
+                let version = self
+                    .group_retrier()
+                    .run("read the live generation's version", || {
+                        crate::generations::projection_version(graph, &live)
+                    })
+                    .await
+                    .map_err(|e| WorkerError::Fatal {
+                        stream: self.name.clone(),
+                        error: e.to_string(),
+                    })?;
+                if version != Some(i64::from(projections::PROJECTION_VERSION)) {
+                    tracing::error!(worker = %self.name, generation = %live, live_version = ?version, ours = projections::PROJECTION_VERSION, "fenced out: the live generation is of another projection version");
+                    return Err(WorkerError::Fenced {
+                        generation: live,
+                        live_version: version,
+                        ours: projections::PROJECTION_VERSION,
+                    });
+                }
                 tracing::info!(worker = %self.name, from = %self.cfg.generation, to = %live, "writing the live generation");
                 self.cfg.generation = live;
             }

@@ -14,8 +14,19 @@ pub struct GenerationSize {
     pub stories: u64,
 }
 
-/// A generation's marker: (created epoch ms, build state), either possibly unknown.
-pub type GenerationMarker = (Option<i64>, Option<String>);
+/// A generation's marker; every field may be unknown (a marker written before projector
+/// recorded it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerationMarker {
+    /// When projector first wrote into it (epoch ms).
+    pub created_ms: Option<i64>,
+    /// `building`, `built`.
+    pub state: Option<String>,
+    /// The projection version (`projections::PROJECTION_VERSION`) that created it.
+    pub projection_version: Option<i64>,
+    /// The projector binary version that created it.
+    pub binary_version: Option<String>,
+}
 
 impl GraphSink {
     /// The live generation's name: this config's pointer, or its default without one.
@@ -97,20 +108,30 @@ impl GraphSink {
             .await?
             .iter()
             .map(|r| {
-                // A marker may lack a time (written before projector recorded it) or a
-                // state: null is None, another type an error.
-                Ok((field(r, "gen")?, (field(r, "created")?, field(r, "state")?)))
+                // A marker may lack a time, versions (written before projector recorded
+                // them) or a state: null is None, another type an error.
+                Ok((
+                    field(r, "gen")?,
+                    GenerationMarker {
+                        created_ms: field(r, "created")?,
+                        state: field(r, "state")?,
+                        projection_version: field(r, "projection_version")?,
+                        binary_version: field(r, "binary_version")?,
+                    },
+                ))
             })
             .collect()
     }
 
-    /// Records that projector writes into `name` (its created time, once), and with
-    /// `state` its build state.
+    /// Records that projector writes into `name` (its created time and this binary's
+    /// projection and binary versions, once), and with `state` its build state.
     pub async fn mark_generation(&self, name: &str, state: Option<&str>) -> Result<(), WriteError> {
         self.run(
             query(cypher::GENERATION_MARK)
                 .param("gen", name)
-                .param("state", state),
+                .param("state", state)
+                .param("pv", i64::from(projections::PROJECTION_VERSION))
+                .param("bv", crate::generations::BINARY_VERSION),
         )
         .await
     }
