@@ -290,6 +290,27 @@ pub enum BenchCommand {
         after_help = "Example:\n  projector bench ceiling --stories 3650 --seed 43 --generation ceiling"
     )]
     Ceiling(CeilingArgs),
+    /// Many change-feed clients at once (`GET /v1/changes`): each follows the feed for
+    /// --duration and measures, per `story.changed`, the time from its changelog entry (the
+    /// position's milliseconds, written right after the commit) to its arrival. Prints JSON
+    /// (clients, events, dropped, latency p50/p99/max in ms).
+    #[command(
+        after_help = "Example:\n  projector bench feed --clients 1000 --duration 40s --url http://127.0.0.1:9464"
+    )]
+    Feed(FeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FeedArgs {
+    /// The projector's HTTP address (`run --metrics-addr`).
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    pub url: String,
+    /// Concurrent feed connections.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub clients: u32,
+    /// How long every client follows the feed (e.g. 40s).
+    #[arg(long, default_value = "40s", value_parser = parse_duration_arg)]
+    pub duration: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

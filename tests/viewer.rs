@@ -86,12 +86,42 @@ impl Browser {
     /// The first page target's DevTools websocket.
     fn page_ws(&self) -> String {
         use std::io::{Read, Write};
+        // HTTP/1.1: Chromium closes an HTTP/1.0 request without answering. It keeps the
+        // connection open, so the body is read by its Content-Length.
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "GET /json/list HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let body = out.split("\r\n\r\n").nth(1).unwrap();
-        let targets: Vec<Value> = serde_json::from_str(body).unwrap();
+        write!(
+            s,
+            "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        let body = loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "DevTools closed /json/list early: {}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).to_string();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("DevTools /json/list has a Content-Length");
+            if body.len() >= len {
+                break body[..len].to_string();
+            }
+        };
+        let targets: Vec<Value> = serde_json::from_str(&body).unwrap();
         targets
             .iter()
             .find(|t| t["type"] == "page")

@@ -320,7 +320,7 @@ pub async fn discard(t: &RetryTarget<'_>, ids: &[String]) -> Result<DiscardRepor
     if !stories.is_empty() {
         let contexts = t.graph.story_contexts(t.generation, &stories).await?;
         t.cache
-            .put_contexts(t.cache_prefix, &contexts, false)
+            .put_contexts(t.generation, t.cache_prefix, &contexts, false)
             .await?;
     }
     Ok(DiscardReport {

@@ -447,8 +447,10 @@ pub async fn switch_live(
     for chunk in ids.chunks(500) {
         let contexts = graph.story_contexts(name, chunk).await?;
         cache
-            .put_contexts(&cache.gen_prefix(name, true), &contexts, true)
+            .put_contexts(name, &cache.gen_prefix(name, true), &contexts, true)
             .await?;
     }
+    // Feed clients learn of the switch after the new views are in place (D68).
+    cache.log_generation(name).await?;
     Ok(ids.len())
 }

@@ -1,5 +1,7 @@
-//! `projector bench ...`: the generator, the steady load and the sink's ceiling.
+//! `projector bench ...`: the generator, the steady load and the sink's ceiling (the feed
+//! clients are in `bench_feed`).
 
+use super::bench_feed;
 use super::CliError;
 use crate::cli::{BenchCommand, CeilingArgs, LoadArgs};
 use engine::config::Config;
@@ -36,6 +38,7 @@ pub async fn run(cfg: &Config, cmd: BenchCommand) -> Result<ExitCode, CliError> 
         }
         BenchCommand::Load(a) => load(cfg, a).await,
         BenchCommand::Ceiling(a) => ceiling(cfg, a).await,
+        BenchCommand::Feed(a) => bench_feed::run(a).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand; each returns an exit code or a [`CliError`].
 
 mod bench;
+mod bench_feed;
 mod dlq;
 mod query;
 mod rebuild;

@@ -23,8 +23,9 @@ pub async fn run(a: WatchArgs) -> Result<ExitCode, CliError> {
     let mut last = a.after.clone();
     let mut ever_connected = false;
     loop {
+        let mut print_event = |e: &str, id: &str, d: &str| print(a.json, e, id, d);
         let r = tokio::select! {
-            r = follow(&host, port, &query, &mut last, a.json, &mut ever_connected) => r,
+            r = follow(&host, port, &query, &mut last, &mut ever_connected, &mut print_event) => r,
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         };
         match r {
@@ -43,12 +44,12 @@ pub async fn run(a: WatchArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-enum Stop {
+pub(crate) enum Stop {
     Refused(String),
     Lost(String),
 }
 
-fn authority(url: &str) -> Result<(String, u16), CliError> {
+pub(crate) fn authority(url: &str) -> Result<(String, u16), CliError> {
     let bad = || CliError::Usage(format!("--url {url:?}: use http://HOST:PORT"));
     let rest = url.strip_prefix("http://").ok_or_else(bad)?;
     let hostport = rest.split('/').next().unwrap_or_default(); // split yields at least one part
@@ -68,13 +69,15 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-async fn follow(
+/// One connection to the feed: sends every event to `on_event` (event, id, data) until the
+/// server closes it; `last` keeps the id to resume after. Also used by `bench feed`.
+pub(crate) async fn follow(
     host: &str,
     port: u16,
     query: &[String],
     last: &mut Option<String>,
-    json: bool,
     ever_connected: &mut bool,
+    on_event: &mut (dyn FnMut(&str, &str, &str) + Send),
 ) -> Result<(), Stop> {
     let lost = |e: &dyn std::fmt::Display| Stop::Lost(e.to_string());
     let tcp = tokio::net::TcpStream::connect((host, port))
@@ -125,17 +128,22 @@ async fn follow(
         if !ev.id.is_empty() {
             *last = Some(ev.id.clone());
         }
-        let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_default(); // not JSON: printed as null
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({"event": ev.event, "id": ev.id, "data": data})
-            );
-        } else {
-            println!("{}", line(&ev.event, &ev.id, &data));
-        }
+        on_event(&ev.event, &ev.id, &ev.data);
     }
     Ok(())
+}
+
+/// Prints one event: a JSON object (`--json`) or a human line.
+fn print(json: bool, event: &str, id: &str, data: &str) {
+    let data: serde_json::Value = serde_json::from_str(data).unwrap_or_default(); // not JSON: printed as null
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": event, "id": id, "data": data})
+        );
+    } else {
+        println!("{}", line(event, id, &data));
+    }
 }
 
 /// One human line per event.

@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+/// `XREAD` of one stream: [(key, [(entry id, [field, value, ...])])].
+type XreadReply = Vec<(String, Vec<(String, Vec<String>)>)>;
+
 /// Why this instance closed a feed (`projector_feed_dropped_total{reason}`).
 pub const DROP_REASONS: [&str; 2] = ["slow_client", "shutdown"];
 
@@ -100,7 +103,7 @@ impl Feed {
                 let from = cursor.expect("set above");
                 let block = next_mark.saturating_duration_since(Instant::now());
                 let block_ms = block.as_millis().max(1) as u64;
-                let raw: Option<Vec<(String, Vec<(String, Vec<String>)>)>> = redis::cmd("XREAD")
+                let raw: Option<XreadReply> = redis::cmd("XREAD")
                     .arg("COUNT")
                     .arg(1000)
                     .arg("BLOCK")
