@@ -11,15 +11,21 @@ missing-field and unknown-subject messages, and good events in MessagePack), a l
   valkey    Valkey restarted
   stall     Neo4j frozen with SIGSTOP for --stall-seconds, then SIGCONT
 
-Before each fault a burst of new events is published so the projector is writing when it
-hits. Then a second scenario on a 3-node JetStream cluster (three nats-server processes on
+Poison also lands on real stories of the history (issue #17): a wrong-typed approval or a
+wrong-typed deliberation of story S, then later events of S on its stream (parked behind it)
+and on other streams (they project: a block holds on its own stream only, D58). Mid-run, an
+operator discards and retries some of them (`dlq discard`, `dlq retry --story`), which a
+rebuild must honour. Before each fault a burst of new events is published so the projector
+is writing when it hits. Then a second scenario on a 3-node JetStream cluster (three nats-server processes on
 loopback, R3 streams; the projector given the three URLs): the planning stream's leader is
 killed with SIGKILL while the projector catches up, events are published to the two
 survivors, and the node is restarted. After each scenario, the invariants of issue #8:
 
   - `projector verify --against-rebuild`: the live graph equals a clean rebuild
-  - every poison message is parked with a reason, and nothing else is parked
-  - each deliberation.completed gave exactly one context.updated (no doubled outbound)
+  - parked = exactly the poison and the events behind it on its story's stream, less what
+    the operator discarded or retried; each with a reason
+  - a retried deliberation published its context.updated (the retry emits what live would)
+  - each projected deliberation.completed gave exactly one context.updated (none doubled)
   - the projector is still running and /readyz says ready
 
 Writes .local/faults/<name>.json and prints a markdown summary. Exit 1 if any invariant
@@ -117,6 +123,68 @@ def poison(n, seed):
                                      "timestamp": "2026-02-01T00:00:00Z"}),
                       {"Content-Type": "application/msgpack"}))
     return bad, good
+
+
+def real_story_poison(n, first_story):
+    """Poison on n real stories of the history (US-<first_story>...), with later events of each
+    on several streams: (messages in publish order, {story: plan}). Even stories get a
+    wrong-typed approval on the planning stream, then a transition (parked behind it), a
+    milestone and a deliberation (other streams: they project); odd stories a wrong-typed
+    deliberation, then a good one (parked behind it) and a transition (projects).
+    The plan says what the operator does mid-run: "keep" (left parked), "discard" (the
+    poison discarded, then the story retried: the event behind it projects), "retry"
+    (retried while the poison still fails: held back; then both discarded)."""
+    msgs, plan = [], {}
+    t = "2026-03-01T00:00:00Z"
+    for i in range(n):
+        story = f"US-{first_story + i:04d}"
+        plan[story] = ["keep", "discard", "retry"][i % 3]
+        if i % 2 == 0:
+            msgs.append(("planning.plan.approved", {"story_id": story, "plan_id": 12345, "approved_by": "po"}))
+            msgs.append(("planning.story.transitioned", {"story_id": story, "from_phase": "DONE",
+                                                          "to_phase": "ARCHIVED", "transitioned_by": "po", "timestamp": t}))
+            msgs.append(("context.milestone.reached", {"story_id": story, "milestone": "FAULTS", "timestamp": t}))
+            msgs.append(("orchestration.deliberation.completed", {
+                "story_id": story, "task_id": f"T-F{i}", "timestamp": t,
+                "decisions": [{"id": f"D-F{i}", "title": "after the poison", "rationale": "other stream", "decided_by": "arch"}]}))
+        else:
+            msgs.append(("orchestration.deliberation.completed", {"story_id": story, "task_id": 7, "decisions": "none"}))
+            msgs.append(("orchestration.deliberation.completed", {
+                "story_id": story, "task_id": f"T-F{i}", "timestamp": t,
+                "decisions": [{"id": f"D-F{i}", "title": "behind the poison", "rationale": "same stream", "decided_by": "arch"}]}))
+            msgs.append(("planning.story.transitioned", {"story_id": story, "from_phase": "DONE",
+                                                          "to_phase": "ARCHIVED", "transitioned_by": "po", "timestamp": t}))
+    return [(subj, json.dumps(body).encode(), None) for subj, body in msgs], plan
+
+
+def operator_actions(b, env, plan):
+    """The operator's mid-run decisions on the real-story poison (see real_story_poison):
+    returns (ids discarded, ids re-projected)."""
+    parked = json.loads(sh([b, "dlq", "list", "--json"], env).stdout)
+    by_story = {}
+    for p in parked:
+        by_story.setdefault(p.get("story_id"), []).append(p)
+    discarded, projected = [], []
+    for story, what in sorted(plan.items()):
+        mine = sorted(by_story.get(story, []), key=lambda p: p["seq"])
+        if len(mine) != 2:
+            raise Failed(f"{story}: expected its poison and the event behind it parked, found {[p['id'] for p in mine]}")
+        poison_id = mine[0]["id"]
+        op = dict(env, PROJECTOR_OPERATOR="faults-suite")
+        if what == "discard":
+            sh([b, "dlq", "discard", poison_id], op)
+            r = json.loads(sh([b, "dlq", "retry", "--story", story, "--json"], op).stdout)
+            discarded.append(poison_id)
+            projected += r["projected"]
+        elif what == "retry":
+            r = json.loads(sh([b, "dlq", "retry", "--story", story, "--json"], op, check=False).stdout)
+            if r["projected"] or len(r["held_back"]) != 1:
+                raise Failed(f"{story}: a retry behind a still-failing poison projected {r['projected']}, held back {r['held_back']}")
+            ids = [p["id"] for p in mine]
+            sh([b, "dlq", "discard", *ids], op)
+            discarded += ids
+    log(f"operator: discarded {len(discarded)}, re-projected {len(projected)} parked events")
+    return discarded, projected
 
 
 async def publish_raw(messages):
@@ -272,13 +340,17 @@ def run_single(args):
     bad, good = poison(n_bad, args.seed)
     # Interleave: poison and MessagePack messages land among the generated ones' sequences.
     asyncio.run(publish_raw([m for pair in zip(bad, good) for m in pair]))
-    log(f"history: {events} generated events, {len(bad)} poison, {len(good)} good MessagePack")
+    n_real = max(6, args.stories // 40)
+    real, plan = real_story_poison(n_real, 1)
+    asyncio.run(publish_raw(real))
+    log(f"history: {events} generated events, {len(bad)} poison, {len(good)} good MessagePack, "
+        f"{n_real} real stories poisoned ({len(real)} messages)")
 
-    results = dict(events=events, poison=len(bad), msgpack_good=len(good), faults=[])
+    results = dict(events=events, poison=len(bad), msgpack_good=len(good), real_poisoned=n_real, faults=[])
     proj = Projector(b, env, args.port)
     proj.start()
     try:
-        run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_bad)
+        run_faults(args, b, env, rng, proj, results, events + len(real), bad, good, streams, n_bad, plan)
     finally:
         if proj.alive():
             proj.p.terminate()
@@ -286,7 +358,7 @@ def run_single(args):
     return results
 
 
-def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_bad):
+def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_bad, plan):
     next_story = 600001
 
     def burst():
@@ -308,6 +380,12 @@ def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_b
         proj.start()
     results["faults"].append(dict(fault="projector kill -9", count=args.crashes))
     log(f"{args.crashes} crashes done")
+
+    # The operator acts on the real-story poison while the projector runs and bursts go on.
+    proj.wait_caught_up(600, [NATS_URL])
+    published += burst()
+    discarded, projected = operator_actions(b, env, plan)
+    results["faults"].append(dict(fault="dlq discard/retry mid-run", count=len(discarded) + len(projected)))
 
     # 2. Server faults, each right after a burst, so the projector is writing.
     def server_fault(name, action):
@@ -341,29 +419,61 @@ def run_faults(args, b, env, rng, proj, results, events, bad, good, streams, n_b
 
     # 3. The invariants.
     proj.wait_caught_up(600, [NATS_URL])
-    checks, counts = invariants(b, env, proj, streams, bad, [NATS_URL], PREFIX)
+    checks, counts = invariants(b, env, proj, streams, bad, [NATS_URL], PREFIX, plan)
     results.update(published=published, checks=checks, **counts)
 
 
-def invariants(b, env, proj, streams, bad, servers, prefix):
-    """Issue #8's invariants once the projector is caught up: ({check: ok}, counts)."""
+def expected_real_parked(plan):
+    """(subject, story) of each real-story event still parked at the end: the poison and
+    the event behind it of the stories the operator left alone."""
+    out = []
+    for i, (story, what) in enumerate(sorted(plan.items())):
+        if what != "keep":
+            continue
+        n = int(story.removeprefix("US-")) - 1
+        if n % 2 == 0:
+            out += [("planning.plan.approved", story), ("planning.story.transitioned", story)]
+        else:
+            out += [("orchestration.deliberation.completed", story)] * 2
+    return out
+
+
+def invariants(b, env, proj, streams, bad, servers, prefix, plan=None):
+    """Issue #8's and #17's invariants once the projector is caught up: ({check: ok}, counts)."""
+    plan = plan or {}
     checks = {}
     v = sh([b, "verify", "--against-rebuild"], env, check=False)
     checks["live graph equals a clean rebuild"] = v.returncode == 0
     if v.returncode != 0:
         log(v.stdout + v.stderr)
     parked = json.loads(sh([b, "dlq", "list", "--json"], env).stdout)
+    real = [p for p in parked if p.get("story_id") in plan]
+    other = [p for p in parked if p.get("story_id") not in plan]
     # Poison whose story id cannot be read (truncated, not JSON) is parked with none.
-    parked_stories = [p["story_id"] for p in parked]
-    parked_subjects = sorted(p["subject"].removeprefix(prefix) for p in parked)
+    parked_subjects = sorted(p["subject"].removeprefix(prefix) for p in other)
     checks["every poison message parked, with a reason"] = (
         parked_subjects == sorted(m[0] for m in bad) and all(p["reason"] for p in parked))
-    checks["no good event parked"] = all(s is None or s.startswith("US-BAD-") for s in parked_stories)
+    checks["no good event parked"] = all(p.get("story_id") is None or p["story_id"].startswith("US-BAD-") for p in other)
+    got_real = sorted((p["subject"].removeprefix(prefix), p["story_id"]) for p in real)
+    checks["real stories: exactly the poison and what is behind it on its stream, less the operator's"] = (
+        got_real == sorted(expected_real_parked(plan)))
+    if not checks["real stories: exactly the poison and what is behind it on its stream, less the operator's"]:
+        log(f"real-story parked: {got_real}\nexpected: {sorted(expected_real_parked(plan))}")
     ctx, delib = asyncio.run(outbound_counts(streams, servers, prefix))
-    checks["one context.updated per deliberation.completed"] = ctx == delib
+    # Deliberations that never projected: parked at the end, or discarded by the operator
+    # (the wrong-typed ones of odd stories, and both of a "retry" story).
+    unprojected = sum(1 for p in parked if p["subject"].removeprefix(prefix) == "orchestration.deliberation.completed")
+    for i, (story, what) in enumerate(sorted(plan.items())):
+        odd = (int(story.removeprefix("US-")) - 1) % 2 == 1
+        if odd and what == "discard":
+            unprojected += 1
+        elif odd and what == "retry":
+            unprojected += 2
+    checks["one context.updated per projected deliberation.completed"] = ctx == delib - unprojected
     status, _ = proj.get("/readyz")
     checks["projector running and ready"] = proj.alive() and status == 200
-    return checks, dict(parked=len(parked), context_updated=ctx, deliberations=delib)
+    return checks, dict(parked=len(parked), context_updated=ctx, deliberations=delib,
+                        deliberations_unprojected=unprojected)
 
 
 class Cluster:
@@ -523,7 +633,8 @@ def summary(r):
 
 def single_summary(r):
     lines = [f"{r['published']} messages published ({r['events']} generated first, bursts during the faults, "
-             f"{r['poison']} poison, {r['msgpack_good']} good MessagePack).", "",
+             f"{r['poison']} poison, {r['msgpack_good']} good MessagePack, "
+             f"{r.get('real_poisoned', 0)} real stories poisoned).", "",
              "| fault | injected |", "|---|---|"]
     for f in r["faults"]:
         lines.append(f"| {f['fault']} | {f['count']} |")
@@ -531,7 +642,8 @@ def single_summary(r):
     for k, ok in r["checks"].items():
         lines.append(f"| {k} | {'ok' if ok else '**FAILED**'} |")
     lines.append(f"\nParked: {r['parked']} (poison: {r['poison']}); context.updated: {r['context_updated']} for "
-                 f"{r['deliberations']} deliberation.completed.")
+                 f"{r['deliberations']} deliberation.completed, {r.get('deliberations_unprojected', 0)} of "
+                 "them parked or discarded.")
     return lines
 
 
