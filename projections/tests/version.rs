@@ -16,8 +16,14 @@ use sha2::{Digest, Sha256};
 /// (projection version, fingerprint). Add a row with each bump; never edit an old one.
 /// Version 2 is the test-only `variant-v2` feature's.
 const RECORDED: &[(u32, &str)] = &[
-    (1, "6175ad1854a5c215b32f5d816e53de23e7f15c7bd8e07486ec432c999eca417e"),
-    (2, "4b1738dbe40e2bbb58fb91ae901569bfb9e9acbc7f5c833e579b1596c2c5f83e"),
+    (
+        1,
+        "6175ad1854a5c215b32f5d816e53de23e7f15c7bd8e07486ec432c999eca417e",
+    ),
+    (
+        2,
+        "4b1738dbe40e2bbb58fb91ae901569bfb9e9acbc7f5c833e579b1596c2c5f83e",
+    ),
 ];
 
 struct Msg {
