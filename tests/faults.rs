@@ -378,3 +378,80 @@ async fn an_error_after_the_graph_commit_parks_nothing_and_keeps_the_checkpoint(
     );
     assert_eq!(count_nodes(&g, &gen, "Story", "id", "US-OK").await, 1);
 }
+
+/// #21: a change committed in Neo4j while Valkey was down, by a projector then killed, is
+/// rendered into the cache by the repair at the next start; the change feed must carry it
+/// then (the repair's forced write appended nothing before: a resuming client never heard
+/// of the change).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_committed_while_valkey_was_down_reaches_the_feed_after_a_crash() {
+    let _g = SERIAL.lock().await;
+    let (t, js) = setup().await;
+    let id = format!("{}-REPAIR", t.upper);
+    let run = t.spawn_run_follow_live(&[]);
+    let mut feed = common::sse::connect(run.metrics_port, "/v1/changes", None).await;
+    feed.until(15, |e| e.event == "watermark").await;
+    let created =
+        format!(r#"{{"story_id":"{id}","title":"repair","timestamp":"2026-02-01T10:00:00Z"}}"#);
+    t.publish(&js, &[("planning.story.created", &created)])
+        .await;
+    let evs = feed
+        .until(30, |e| {
+            e.event == "story.changed" && e.data["story_id"] == id
+        })
+        .await;
+    let last = evs.last().unwrap().id.clone();
+    drop(feed);
+
+    stack(&["stop", "valkey"]);
+    let moved = format!(
+        r#"{{"story_id":"{id}","from_phase":"DRAFT","to_phase":"BUILD","transitioned_by":"po","timestamp":"2026-02-01T10:01:00Z"}}"#
+    );
+    t.publish(&js, &[("planning.story.transitioned", &moved)])
+        .await;
+    // The Neo4j commit lands; the cache step after it cannot, and is retried.
+    let g = neo4j(&t.cfg);
+    let gen = t.main_gen();
+    eventually(60, || async {
+        let mut rows = g
+            .execute(
+                neo4rs::query("MATCH (s:Story {gen: $gen, id: $id}) RETURN s.phase AS p")
+                    .param("gen", gen.clone())
+                    .param("id", id.clone()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match rows.next().await.map_err(|e| e.to_string())? {
+            Some(r) if r.get::<String>("p").ok().as_deref() == Some("BUILD") => Ok(()),
+            other => Err(format!("not committed yet: {other:?}")),
+        }
+    })
+    .await;
+    run.kill9();
+    stack(&["start", "valkey"]);
+
+    let run = t.spawn_run_follow_live(&[]);
+    let mut feed = common::sse::connect(run.metrics_port, "/v1/changes", Some(&last)).await;
+    let evs = feed
+        .until(60, |e| {
+            e.event == "story.changed" && e.data["story_id"] == id
+        })
+        .await;
+    let e = evs.last().unwrap();
+    assert_eq!(e.data["revision"], 2, "{e:?}");
+    assert!(
+        e.data["what"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w == "phase"),
+        "{e:?}"
+    );
+    assert!(
+        run.log()
+            .contains("re-rendering this generation's story contexts"),
+        "the start-up repair ran:\n{}",
+        run.log()
+    );
+    assert_eq!(run.terminate(), Some(0));
+}

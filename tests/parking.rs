@@ -128,7 +128,14 @@ async fn a_rebuild_keeps_the_dead_letter_backlog_and_the_story_blocked() {
     let left_out = vec![format!("graph:{planning}:2"), format!("graph:{planning}:3")];
 
     let r = format!("{}-r", t.tag);
-    ok(t.projector(&["rebuild", "--name", &r, "--keep-old"]));
+    let o = t.projector(&["rebuild", "--name", &r, "--keep-old"]);
+    // The summary says what the build left out (it said "0 parked" on main).
+    assert!(
+        stderr(&o).contains("summary: 1 projected, 2 parked, 0 discarded by an operator"),
+        "{}",
+        stderr(&o)
+    );
+    ok(o);
     assert_eq!(parked_ids(&t, Some(&r)), left_out);
     assert_eq!(phase(&t, "US-P5"), "DRAFT");
 

@@ -326,6 +326,10 @@ async fn outbox_left_by_a_crashed_run_is_published_at_the_next_start() {
     let (t, js) = setup().await;
     let orch = t.stream("ORCHESTRATOR_EVENTS");
     let msg_id = format!("projector:{orch}:7:context.updated");
+    // The killed run had started on this generation: it is marked as this version's
+    // (without the marker the next start would take it for an older version's, #22).
+    let out = t.projector(&["run", "--until-caught-up", "--metrics-addr", "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     // What the killed run committed: the entry, as the batch transaction writes it.
     let g = neo4j(&t.cfg);
     g.run(

@@ -371,15 +371,18 @@ pub async fn build_generation(
     }
     // At the default log level: what the replay did (the catch-up logs its own summary).
     let projected: u64 = reports.iter().map(|r| r.projected).sum();
+    let parked: u64 = reports.iter().map(|r| r.parked).sum();
+    let discarded: u64 = reports.iter().map(|r| r.discarded).sum();
     let skipped: u64 = reports.iter().map(|r| r.undecodable).sum();
     let blocked = graph.blocked_story_count(name).await?;
     tracing::info!(
         generation = name,
         projected,
-        parked = 0,
+        parked,
+        discarded,
         skipped,
         blocked_stories = blocked,
-        "summary: {projected} projected, 0 parked, {skipped} skipped (undecodable) by the replay; {blocked} blocked stories in generation {name}"
+        "summary: {projected} projected, {parked} parked, {discarded} discarded by an operator, {skipped} skipped by the replay; {blocked} blocked stories in generation {name}"
     );
     Ok(p.streams
         .iter()

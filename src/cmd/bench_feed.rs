@@ -78,10 +78,10 @@ pub async fn run(a: FeedArgs) -> Result<ExitCode, CliError> {
 /// Milliseconds since the entry `id` (`<ms>-<n>`, a Valkey stream id) was written; None for
 /// an id of another shape (counted out, not guessed).
 fn since_entry_ms(id: &str) -> Option<u64> {
+    // Another shape is left out of the figures, not guessed at.
     let at: u64 = id.split_once('-')?.0.parse().ok()?;
-    // A clock before 1970 is not a clock to measure with: every latency reads as 0.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+        .unwrap_or(Duration::ZERO); // a clock before 1970: every latency reads as 0
     Some((now.as_millis() as u64).saturating_sub(at))
 }

@@ -100,6 +100,8 @@ pub async fn run(cfg: &Config, q: QueryCommand) -> Result<ExitCode, CliError> {
             if target.json || format == StoryFormat::Json {
                 let mut v = serde_json::to_value(&ctx).expect("serializable");
                 v["generation"] = gen.clone().into();
+                // As `GET /v1/stories/{id}` answers: the revision the feed speaks of.
+                v["revision"] = ctx.rev.into();
                 v["source"] = source.into();
                 print_json(&v);
                 return Ok(ExitCode::SUCCESS);

@@ -75,7 +75,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
     // A bar on a terminal; with --json, JSON progress lines on stderr instead.
     let tty = !a.json && std::io::stderr().is_terminal();
     let mut all_done = true;
-    let (mut projected, mut skipped) = (0u64, 0u64);
+    let (mut projected, mut skipped, mut discarded) = (0u64, 0u64, 0u64);
     for r in &ranges {
         if r.start > r.from {
             tracing::info!(stream = %r.stream, resume_at = r.start, "resuming an interrupted replay");
@@ -137,21 +137,24 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
         let secs = started.elapsed().as_secs_f64();
         projected += report.projected;
         skipped += report.undecodable;
+        discarded += report.discarded;
         if a.json {
             println!(
                 "{}",
                 serde_json::json!({"stream": r.stream, "from_seq": r.start, "to_seq": report.last,
                     "projected": report.projected, "undecodable": report.undecodable,
+                    "discarded": report.discarded,
                     "seconds": (secs * 1000.0).round() / 1000.0, "completed": report.completed})
             );
         } else {
             println!(
-                "{}: replayed {}..={} ({} projected, {} undecodable skipped) in {secs:.1}s{}",
+                "{}: replayed {}..={} ({} projected, {} skipped as parked or undecodable, {} discarded by an operator) in {secs:.1}s{}",
                 r.stream,
                 r.start,
                 report.last,
                 report.projected,
                 report.undecodable,
+                report.discarded,
                 if report.completed {
                     ""
                 } else {
@@ -172,8 +175,9 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> Result<ExitCode, CliError> {
         projected,
         parked = 0,
         skipped,
+        discarded,
         blocked_stories = blocked,
-        "summary: {projected} projected, 0 parked, {skipped} skipped (undecodable); {blocked} blocked stories in generation {generation}{}",
+        "summary: {projected} projected, 0 parked, {skipped} skipped (parked or undecodable), {discarded} discarded by an operator; {blocked} blocked stories in generation {generation}{}",
         if blocked > 0 { " (see `projector dlq list`)" } else { "" }
     );
     Ok(if all_done {

@@ -112,7 +112,7 @@ pub(crate) async fn follow(
         let text = String::from_utf8_lossy(&body.to_bytes()).to_string();
         // Not the API's JSON error: show the body as sent.
         let msg = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
+            .ok() // not JSON: the body itself is the message
             .and_then(|v| v["message"].as_str().map(String::from))
             .unwrap_or(text); // as above
         return Err(if status.is_client_error() {

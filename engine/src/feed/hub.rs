@@ -124,8 +124,14 @@ impl Feed {
                     })?;
                 // None: nothing new within the block time.
                 for (_, entries) in raw.unwrap_or_default() {
+                    // Past every entry read, understood or not: one this reader skips (a
+                    // newer writer's kind) must not be read again at once, forever.
+                    let newest = entries
+                        .iter()
+                        .filter_map(|(id, _)| super::Position::parse(id))
+                        .max();
+                    cursor = newest.max(cursor);
                     for item in super::items(entries) {
-                        cursor = item.position().max(cursor);
                         self.send(item);
                     }
                 }

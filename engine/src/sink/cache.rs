@@ -348,10 +348,15 @@ struct Log {
 /// revision is the same graph state, so rewriting it is harmless.
 ///
 /// With a changelog (`ARGV[4]` = 1), a write at a newer revision also appends a `change`
-/// entry naming the sections whose digest moved (from an empty view's, for a first render): in the same script, so inside the same
-/// MULTI as the context and the checkpoints, never without them, never twice for one
-/// revision. A forced write (a generation switch) or an equal revision appends nothing.
-/// Trimming is exact (`MAXLEN =`, `MINID =`), so the oldest position still held is plain.
+/// entry naming the sections whose digest moved (from an empty view's, for a first render):
+/// in the same script, so inside the same MULTI as the context and the checkpoints, never
+/// without them, never twice for one revision. The digests hash also keeps the generation
+/// (`gen`) that wrote them. A forced write appends only when that generation wrote the
+/// cached revision: the repair after a crash between the Neo4j commit and this step renders
+/// the same generation at a newer revision, and its changes must reach the feed; a
+/// generation switch renders another generation's revisions, which the `generation` marker
+/// announces instead (D68). An equal revision appends nothing. Trimming is exact
+/// (`MAXLEN =`, `MINID =`), so the oldest position still held is plain.
 const PUT_IF_NEWER: &str = "local cur = tonumber(redis.call('GET', KEYS[2]) or '-1') \
     local rev = tonumber(ARGV[2]) \
     if ARGV[3] ~= '1' and cur > rev then return 0 end \
@@ -359,12 +364,14 @@ const PUT_IF_NEWER: &str = "local cur = tonumber(redis.call('GET', KEYS[2]) or '
     if ARGV[4] ~= '1' then return 1 end \
     local names = {'story', 'phase', 'plans', 'approvals', 'tasks', 'decisions', 'milestones'} \
     local old = redis.call('HMGET', KEYS[3], unpack(names)) \
-    local what, set = {}, {} \
+    local same_gen = redis.call('HGET', KEYS[3], 'gen') == ARGV[6] \
+    local what, set = {}, {'gen', ARGV[6]} \
     for i, n in ipairs(names) do \
       if (old[i] or ARGV[16 + i]) ~= ARGV[9 + i] then table.insert(what, n) end \
       table.insert(set, n) table.insert(set, ARGV[9 + i]) end \
     redis.call('HSET', KEYS[3], unpack(set)) \
-    if ARGV[3] == '1' or cur == rev then return 1 end \
+    if cur >= rev then return 1 end \
+    if ARGV[3] == '1' and not same_gen then return 1 end \
     redis.call('XADD', KEYS[4], 'MAXLEN', '=', ARGV[8], '*', 'kind', 'change', 'story', ARGV[5], \
       'rev', ARGV[2], 'what', table.concat(what, ','), 'ts', ARGV[7], 'gen', ARGV[6]) \
     if ARGV[9] ~= '0' then \

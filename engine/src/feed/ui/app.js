@@ -109,6 +109,10 @@ async function onChange(c) {
 }
 
 function follow() {
+  // The feed starts at "now" when the server takes the request: a change committed between
+  // the first read of the views and then would be missed, so the views are read once more
+  // when the first watermark says the feed is following.
+  let first = true;
   const es = new EventSource("/v1/changes");
   es.onopen = () => setStatus("live", "live");
   es.onerror = () => setStatus("reconnecting…", "down");
@@ -116,6 +120,10 @@ function follow() {
   es.addEventListener("watermark", (e) => {
     const w = JSON.parse(e.data);
     setStatus(`live · up to date ${new Date().toISOString().slice(11, 19)}Z · generation ${w.generation}`, "live");
+    if (first) {
+      first = false;
+      route();
+    }
   });
   // Everything may have changed: read the views again.
   es.addEventListener("generation", () => route());
@@ -124,4 +132,5 @@ function follow() {
 }
 
 window.addEventListener("hashchange", route);
-route().then(follow);
+follow();
+route();
