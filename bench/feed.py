@@ -7,7 +7,8 @@ feed` holds --clients connections to GET /v1/changes. Prints and writes to
 bench/results/feed.json, per phase: publish-to-commit p50/p99 (the projector's histogram),
 the projector's CPU (% of one core) and peak RSS; for the loaded phase also the feed
 delivery latency (changelog entry, written right after the commit, to arrival) p50/p99/max,
-events delivered, clients dropped or lost.
+events delivered, clients dropped or lost, and the CPU of the client process (it shares the
+machine's cores with the projector and the servers).
 
 Run after `bench/run` set up the stack and venv:
   .local/venv/bin/python bench/feed.py [--clients 1000] [--rate 200] [--meas 30]"""
@@ -51,10 +52,14 @@ def phase(live, name, secs, first, clients):
         feed = subprocess.Popen([b, "bench", "feed", "--url", f"http://127.0.0.1:{port}", "--clients", str(clients),
                                  "--duration", f"{secs + 10}s"], stdout=subprocess.PIPE, text=True, env=env)
         time.sleep(3)  # every client connected and caught up before the load starts
+    f0 = cpu_seconds(feed.pid) if feed else 0.0
+    ft0 = time.monotonic()
     load(secs, first)
     time.sleep(3)
     H.wait_lag_zero(M)
     c1, t1 = cpu_seconds(live.pid), time.monotonic()
+    # The clients share the 2 cores: their CPU, while they still run, says how much.
+    feed_cpu = round(100 * (cpu_seconds(feed.pid) - f0) / (t1 - ft0), 1) if feed else None
     after, _ = H.scrape(M)
     row = dict(phase=name, clients=clients, rate=float(a.rate), seconds=secs,
                publish_to_commit_ms=H.quantiles(before, after),
@@ -64,6 +69,7 @@ def phase(live, name, secs, first, clients):
         if feed.returncode != 0:
             raise H.Failed(f"bench feed exited {feed.returncode}")
         row["feed"] = json.loads(out.strip().splitlines()[-1])
+        row["feed_clients_cpu_pct"] = feed_cpu
     H.log(json.dumps(row))
     return row
 
