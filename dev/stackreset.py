@@ -26,6 +26,12 @@ async def reset(nats_url, neo4j_uri, valkey_url, streams, pointer_suffix, gen_pr
     async with driver.session() as s:
         await (await s.run("MATCH (p:GenerationPointer) WHERE p.id ENDS WITH $p DETACH DELETE p",
                            p=pointer_suffix)).consume()
+        # Operator decisions and lifts belong to no generation but to a stream's positions
+        # (D59): streams created anew reuse those positions, so their decisions go with them.
+        await (await s.run("MATCH (n) WHERE (n:Ruling OR n:BlockLift) AND n.stream IN $streams DETACH DELETE n",
+                           streams=list(streams))).consume()
+        await (await s.run("MATCH (f:BlockFence) WHERE any(st IN $streams WHERE f.id CONTAINS ':' + st + ':') "
+                           "DETACH DELETE f", streams=list(streams))).consume()
         while True:
             r = await s.run(
                 "MATCH (n) WHERE any(p IN $prefixes WHERE n.gen STARTS WITH p) "

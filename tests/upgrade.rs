@@ -114,6 +114,25 @@ impl Drop for Proc {
     }
 }
 
+/// Like [`get`], for a process that may stop while it is read: any failure is status 0.
+fn try_get(port: u16, path: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, Value::Null);
+    };
+    let mut out = String::new();
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").is_err()
+        || s.read_to_string(&mut out).is_err()
+    {
+        return (0, Value::Null);
+    }
+    let Some(status) = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()) else {
+        return (0, Value::Null);
+    };
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 /// GET on the process's HTTP port: (status, JSON body). A refused connection is status 0.
 fn get(port: u16, path: &str) -> (u16, Value) {
     use std::io::{Read, Write};
@@ -415,16 +434,39 @@ async fn three_partitioned_instances_upgraded_one_by_one() {
             publish_story(&t, &js, &format!("US-RU-{n}"), &format!("rolling {n}")).await;
             n += 1;
         }
-        let first = &news[0];
-        eventually(300, || async {
-            let (_, r) = get(first.port, "/readyz");
-            if r["versions"]["generation"] == fresh.as_str() {
-                Ok(())
-            } else {
-                Err(r)
+        // Until the first new instance has switched, every instance still up answers every
+        // read from a whole generation: the old one's view or the new one's, no 5xx.
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let ports: Vec<u16> = olds
+                .iter()
+                .map(|(_, p)| p.port)
+                .chain(news.iter().map(|p| p.port))
+                .collect();
+            for port in ports {
+                let (code, story) = try_get(port, "/v1/stories/US-0001");
+                // 0: not listening (yet, or any more); anything else must be a whole view.
+                if code != 0 {
+                    assert_eq!(
+                        code, 200,
+                        "a read on :{port} during the rolling upgrade: {story}"
+                    );
+                    match story["title"].as_str() {
+                        Some("Story 1") | Some("STORY 1") => {}
+                        other => panic!("a half-built view on :{port}: {other:?} in {story}"),
+                    }
+                }
             }
-        })
-        .await;
+            let (_, r) = try_get(news[0].port, "/readyz");
+            if r["versions"]["generation"] == fresh.as_str() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first new instance did not switch within 300 s: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         for _ in 0..10 {
             publish_story(&t, &js, &format!("US-RU-{n}"), &format!("rolling {n}")).await;
             n += 1;

@@ -9,7 +9,7 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    /// outcome: projected | parked | duplicate | ignored
+    /// outcome: projected | parked | duplicate | ignored | discarded
     pub events: IntCounterVec,
     pub batch_size: HistogramVec,
     pub batch_seconds: HistogramVec,
@@ -127,7 +127,7 @@ impl Metrics {
             events: counter(
                 &r,
                 "projector_events_total",
-                "Events handled, by outcome (projected, parked, duplicate, ignored)",
+                "Events handled, by outcome (projected, parked, duplicate, ignored, discarded by an operator)",
                 &["projector", "stream", "subject", "outcome"],
             ),
             batch_size: histogram(

@@ -25,7 +25,7 @@ pub(super) async fn committed(w: &Worker, items: &[Item]) {
     let acks = items.iter().map(|it| async move {
         let kind = match it.route {
             Route::Park { .. } => AckKind::Term,
-            Route::Project { .. } | Route::Elsewhere => AckKind::Ack,
+            Route::Project { .. } | Route::Elsewhere | Route::Discarded => AckKind::Ack,
         };
         (it, it.msg.double_ack_with(kind).await)
     });

@@ -40,6 +40,11 @@ impl Worker {
             let outcome = match &it.route {
                 // Counted by the partition that owns it.
                 Route::Elsewhere => continue,
+                // Left out as an operator decided; said once per event, not silently.
+                Route::Discarded => {
+                    tracing::info!(worker = %self.name, stream = %stream, seq = it.seq, subject = %it.subject, "left out: an operator discarded this event (dlq discard)");
+                    "discarded"
+                }
                 Route::Project { projection, .. } if projection.graph.is_empty() => "ignored",
                 Route::Project { .. } => "projected",
                 Route::Park {
@@ -75,7 +80,7 @@ impl Worker {
             .map_or(0, |d| d.as_nanos() as i64);
         for it in items
             .iter()
-            .filter(|it| !matches!(it.route, Route::Elsewhere))
+            .filter(|it| !matches!(it.route, Route::Elsewhere | Route::Discarded))
         {
             let labels = [self.cfg.projector.as_str(), &self.sources[it.src].stream];
             // Clocks of the NATS server and this host; negative skew is clamped to zero.

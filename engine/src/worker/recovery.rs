@@ -85,7 +85,7 @@ impl Worker {
         let mut only_elsewhere: BTreeMap<usize, (bool, u64, u64)> = BTreeMap::new();
         for it in &items {
             let e = only_elsewhere.entry(it.src).or_insert((true, 0, 0));
-            e.0 &= matches!(it.route, Route::Elsewhere);
+            e.0 &= matches!(it.route, Route::Elsewhere | Route::Discarded);
             if it.seq >= e.1 {
                 (e.1, e.2) = (it.seq, it.pending);
             }

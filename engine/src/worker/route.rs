@@ -26,9 +26,10 @@ pub(super) enum Route {
         /// Parked because Neo4j refused its writes (recorded as a ruling, D59).
         refused: bool,
     },
-    /// Another partition's event (its own worker projects it), or one an operator discarded
-    /// (D59): acked, nothing written.
+    /// Another partition's event (its own worker projects it): acked, nothing written.
     Elsewhere,
+    /// One an operator discarded (D59): acked, nothing written, counted as `discarded`.
+    Discarded,
 }
 
 /// A message of a group with its route; it carries its own acknowledgement handle.
@@ -48,7 +49,7 @@ impl Item {
     pub fn story(&self) -> Option<&str> {
         match &self.route {
             Route::Project { story_id, .. } | Route::Park { story_id, .. } => story_id.as_deref(),
-            Route::Elsewhere => None,
+            Route::Elsewhere | Route::Discarded => None,
         }
     }
 
@@ -195,7 +196,7 @@ impl Worker {
 /// The route of an ingested message given its outcome under the parking rule.
 pub(super) fn route_of(outcome: Outcome, ingested: Ingested) -> Route {
     match (outcome, ingested) {
-        (Outcome::Discarded, _) => Route::Elsewhere,
+        (Outcome::Discarded, _) => Route::Discarded,
         (_, Ingested::Rejected { story_id, error }) => Route::Park {
             story_id,
             kind: error.kind().to_string(),
