@@ -461,6 +461,13 @@ async fn three_partitioned_instances_upgraded_one_by_one() {
             if r["versions"]["generation"] == fresh.as_str() {
                 break;
             }
+            // An exit (e.g. a refused switch) would otherwise show only as a timeout.
+            if let Some(code) = news[0].exited() {
+                panic!(
+                    "the first new instance exited ({code}) before switching:\n{}",
+                    news[0].log()
+                );
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "the first new instance did not switch within 300 s: {r}"

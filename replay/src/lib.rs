@@ -6,4 +6,5 @@ pub mod parking;
 pub mod progress;
 pub mod rebuild;
 pub mod replay;
+mod settled;
 pub mod upgrade;

@@ -10,7 +10,9 @@
 //! continues from the new generation's checkpoints).
 
 use crate::generation::{build_generation, switch_live, RebuildError};
+use crate::hash::GraphDigest;
 use crate::progress::Watch;
+use crate::settled::{self, OldGeneration, Settled};
 use engine::config::Config;
 use engine::error::WriteError;
 use engine::generations;
@@ -133,8 +135,7 @@ async fn build_and_switch(
 ) -> Result<Option<usize>, RebuildError> {
     let stopped = || stopping.load(std::sync::atomic::Ordering::SeqCst);
     step("started");
-    let old_before = crate::hash::graph_digest(graph, &ctx.live).await?;
-    let old_ckpt = checkpoint_sum(cfg, graph, &ctx.live).await?;
+    let old_before = settled_old(cfg, graph, &ctx.live).await?;
     generations::mark(graph, name, Some("building")).await?;
     let mut keys = Vec::new();
     let projectors: Vec<String> = cfg.projectors.iter().map(|p| p.name.clone()).collect();
@@ -194,9 +195,13 @@ async fn build_and_switch(
             first.hash, second.hash
         )));
     }
-    if checkpoint_sum(cfg, graph, &ctx.live).await? == old_ckpt {
-        let old_after = crate::hash::graph_digest(graph, &ctx.live).await?;
-        if old_after != old_before {
+    let old_after = settled_old(cfg, graph, &ctx.live).await?;
+    match settled::compare(old_before.as_ref(), old_after.as_ref()) {
+        OldGeneration::Unchanged => {}
+        OldGeneration::Moved => {
+            tracing::info!(generation = %ctx.live, "the old generation's writers committed during the rebuild; its digest is not compared")
+        }
+        OldGeneration::ChangedBehindCheckpoints => {
             return Err(RebuildError::Failed(format!(
                 "the old generation {} changed during the rebuild without its checkpoints moving; not switching",
                 ctx.live
@@ -212,6 +217,29 @@ async fn build_and_switch(
         switch_live(cfg, &projectors, name, &keys, batch_size).await?,
     ))
 }
+
+/// The old generation's digest read while its checkpoints stood still (`settled`); `None`
+/// when its writers committed during each of the tries.
+async fn settled_old(
+    cfg: &Config,
+    graph: &GraphSink,
+    gen: &str,
+) -> Result<Option<Settled<GraphDigest>>, WriteError> {
+    let read = settled::read(
+        || checkpoint_sum(cfg, graph, gen),
+        || crate::hash::graph_digest(graph, gen),
+        SETTLE_TRIES,
+    )
+    .await?;
+    if read.is_none() {
+        tracing::info!(generation = %gen, tries = SETTLE_TRIES, "the old generation's writers committed during every digest read");
+    }
+    Ok(read)
+}
+
+/// Digest reads tried before giving up on a settled one: each try is one digest of the old
+/// generation, and a writer busy through all of them will have moved its checkpoints anyway.
+const SETTLE_TRIES: usize = 5;
 
 /// Every checkpoint of generation `gen`, summed: it moves whenever a writer commits there.
 async fn checkpoint_sum(cfg: &Config, graph: &GraphSink, gen: &str) -> Result<u64, WriteError> {
