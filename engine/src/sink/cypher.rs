@@ -55,28 +55,6 @@ pub fn schema() -> Vec<String> {
     out
 }
 
-/// One UNWIND statement writing one property group for many nodes.
-///
-/// `SET n._lock` takes the node's write lock before the version guard is read: under
-/// Neo4j's read-committed isolation, two transactions could otherwise both read the old
-/// version and the later commit would win whatever its version (a lost update).
-///
-/// Rows: `{id, v, seq, stream, t, p: {prop: value}}`. The group's properties are set only if
-/// the row's version is not older than the stored one; `last_*` likewise. An equal version
-/// is the same event again: it is rewritten, so a replay after a projection fix corrects
-/// what the buggy projection wrote. It returns how many
-/// rows it processed and how many nodes hold this version or a newer one afterwards: the
-/// writer requires both to equal the number of rows (a write that did not land is an error).
-///
-/// ```
-/// let q = engine::sink::cypher::node_upsert(projections::Group::TaskStatus);
-/// assert!(q.contains("MERGE (n:Task {gen: $gen, id: row.id})"));
-/// assert!(q.contains("n.status = row.p.status"));
-/// ```
-pub fn node_upsert(group: Group) -> String {
-    format!("{NO_REPLAN}{}", node_body(group, "$rows", ""))
-}
-
 /// Keeps a cached plan when the graph's statistics move. Every write is a MERGE on a
 /// unique `(gen, id)` constraint, whose plan does not depend on the statistics; replanning
 /// as a store grows from empty re-planned the batch statement (seconds each) again and again
@@ -107,8 +85,22 @@ macro_rules! story_rev_bump {
     };
 }
 
-/// [`node_upsert`] reading `rows` and naming its two result columns `rows{tag}` and
-/// `confirmed{tag}`, so that many of them can share one statement.
+/// One UNWIND over `rows` writing one property group for many nodes, a subquery of
+/// [`batch_upsert`].
+///
+/// `SET n._lock` takes the node's write lock before the version guard is read: under
+/// Neo4j's read-committed isolation, two transactions could otherwise both read the old
+/// version and the later commit would win whatever its version (a lost update).
+///
+/// Rows: `{id, v, seq, stream, t, p: {prop: value}}`. The group's properties are set only if
+/// the row's version is not older than the stored one; `last_*` likewise. An equal version
+/// is the same event again: it is rewritten, so a replay after a projection fix corrects
+/// what the buggy projection wrote. It returns how many
+/// rows it processed and how many nodes hold this version or a newer one afterwards: the
+/// writer requires both to equal the number of rows (a write that did not land is an error).
+///
+/// Its two result columns are named `rows{tag}` and `confirmed{tag}`, so that many of them
+/// can share one statement.
 fn node_body(group: Group, rows: &str, tag: &str) -> String {
     let label = group.label().as_str();
     let v = group.version_prop();
@@ -131,16 +123,8 @@ fn node_body(group: Group, rows: &str, tag: &str) -> String {
     )
 }
 
-/// One UNWIND statement ensuring many relationships of one type (endpoints merged by id).
-///
-/// ```
-/// let q = engine::sink::cypher::rel_upsert(projections::Rel::StoryTask);
-/// assert!(q.contains("MERGE (a)-[r:HAS_TASK]->(b)"));
-/// ```
-pub fn rel_upsert(rel: Rel) -> String {
-    format!("{NO_REPLAN}{}", rel_body(rel, "$rows", ""))
-}
-
+/// One UNWIND over `rows` ensuring many relationships of one type (endpoints merged by
+/// id), a subquery of [`batch_upsert`].
 fn rel_body(rel: Rel, rows: &str, tag: &str) -> String {
     format!(
         "UNWIND {rows} AS row \
@@ -531,8 +515,9 @@ mod tests {
 
     #[test]
     fn every_group_statement_sets_all_its_props_and_its_version() {
+        let q = batch_upsert();
         for g in Group::ALL {
-            let q = node_upsert(*g);
+            assert!(q.contains(&format!("UNWIND $batch.n_{g:?} AS row")), "{g}");
             for p in g.props() {
                 assert!(q.contains(&format!("n.{p} = row.p.{p}")), "{g}: {p}");
             }
@@ -558,12 +543,6 @@ mod tests {
         .map(|(n, q)| (n.to_string(), q.to_string()))
         .collect();
         commit.push(("batch_upsert".into(), batch_upsert().into()));
-        for g in Group::ALL {
-            commit.push((format!("node_upsert({g:?})"), node_upsert(*g)));
-        }
-        for r in Rel::ALL {
-            commit.push((format!("rel_upsert({r:?})"), rel_upsert(*r)));
-        }
         for (name, q) in commit {
             assert!(q.starts_with(NO_REPLAN), "{name} may be replanned: {q}");
             // Once: the batch statement's subqueries take no hint of their own.

@@ -5,20 +5,6 @@ use crate::error::WriteError;
 use neo4rs::{query, BoltList, BoltMap, BoltNull, BoltType, Query, Row};
 use projections::{CompactBatch, Group, NodeWrite, Prop, Rel, RelWrite};
 
-/// Below this many rows a batch is written one statement per group, above it as the one
-/// batch statement. Measured on the bench stack: the batch statement costs ~43 ms even
-/// empty (37 subqueries), then ~0.075 ms a row; a per-group statement ~1.5 ms plus ~0.2 ms
-/// a row. Small live batches (a few events) would otherwise pay the 43 ms floor.
-pub const ONE_STATEMENT_MIN_ROWS: usize = 200;
-
-/// What a confirmed statement returns: every one returns `rows` (rows processed); the
-/// versioned upserts also return `confirmed` (rows holding this version or a newer one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Returns {
-    Rows,
-    RowsAndConfirmed,
-}
-
 fn prop(p: &Prop) -> BoltType {
     match p {
         Prop::Null => BoltType::Null(BoltNull),
@@ -95,26 +81,17 @@ fn touched_stories(batch: &CompactBatch) -> Vec<String> {
     stories.into_iter().map(str::to_string).collect()
 }
 
-/// Checks a confirmed statement's one result row: `rows` (and, for the versioned upserts,
-/// `confirmed`) must equal `expected`. A column the statement should return and does not is
+/// Checks a confirmed statement's one result row: `rows` must equal `expected`. A column
+/// the statement should return and does not is
 /// a [`WriteError::Neo4jRefused`] `projector.RowShape` (a bug of ours, through [`field`]),
 /// never a default that would pass or blame the data.
-pub(super) fn check_counts(
-    row: &Row,
-    what: String,
-    expected: i64,
-    returns: Returns,
-) -> Result<(), WriteError> {
+pub(super) fn check_counts(row: &Row, what: String, expected: i64) -> Result<(), WriteError> {
     let n: i64 = field(row, "rows")?;
-    let confirmed: i64 = match returns {
-        Returns::RowsAndConfirmed => field(row, "confirmed")?,
-        Returns::Rows => n,
-    };
-    if n != expected || confirmed != expected {
+    if n != expected {
         return Err(WriteError::Unconfirmed {
             what,
             expected,
-            confirmed: confirmed.min(n),
+            confirmed: n,
         });
     }
     Ok(())
@@ -131,7 +108,7 @@ impl GraphSink {
         // Rolled back on success too: the warm-up must leave nothing behind.
         super::rollback(txn, "the warm-up transaction is never committed").await;
         res?;
-        self.plan_small_statements().await
+        self.plan_commit_statements().await
     }
 
     /// Writes a batch's graph operations in one transaction and nothing else (no
@@ -149,7 +126,6 @@ impl GraphSink {
         q: Query,
         what: String,
         expected: i64,
-        returns: Returns,
     ) -> Result<(), WriteError> {
         let started = std::time::Instant::now();
         let mut rows = txn.execute(q).await.map_err(self.err())?;
@@ -167,7 +143,7 @@ impl GraphSink {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "statement"
         );
-        check_counts(&row, what, expected, returns)
+        check_counts(&row, what, expected)
     }
 
     pub(super) async fn write_ops(
@@ -179,12 +155,13 @@ impl GraphSink {
         if batch.is_empty() {
             return Ok(());
         }
-        if batch.rows() < ONE_STATEMENT_MIN_ROWS {
-            return self.write_ops_each(txn, gen, batch).await;
-        }
         self.write_ops_one(txn, gen, batch).await
     }
 
+    /// Every batch, a few events or thousands, is this one statement: one round trip. The
+    /// per-group statements it replaced (D18) were 18 round trips for a small live batch,
+    /// and their "43 ms floor" of the big statement was the Nagle stall of an unflushed Bolt
+    /// write, not planning or execution (D77, D79).
     async fn write_ops_one(
         &self,
         txn: &mut neo4rs::Txn,
@@ -254,92 +231,12 @@ impl GraphSink {
         Ok(())
     }
 
-    /// A small batch: one statement per group and relationship type it holds, the ones
-    /// that lock a story's nodes last (see [`story_last`]).
-    async fn write_ops_each(
-        &self,
-        txn: &mut neo4rs::Txn,
-        gen: &str,
-        batch: &CompactBatch,
-    ) -> Result<(), WriteError> {
-        for locks_story in [false, true] {
-            for (group, writes) in &batch.nodes {
-                if story_last(Step::Node(*group)) != locks_story {
-                    continue;
-                }
-                let rows = list(writes.values().map(node_row));
-                let q = query(&cypher::node_upsert(*group))
-                    .param("gen", gen)
-                    .param("rows", rows);
-                let (what, n) = (format!("{group} nodes"), writes.len() as i64);
-                self.confirmed(txn, q, what, n, Returns::RowsAndConfirmed)
-                    .await?;
-            }
-            for (rel, writes) in &batch.rels {
-                if story_last(Step::Rel(*rel)) != locks_story {
-                    continue;
-                }
-                let rows = list(writes.values().map(rel_row));
-                let q = query(&cypher::rel_upsert(*rel))
-                    .param("gen", gen)
-                    .param("rows", rows);
-                let (what, n) = (
-                    format!("{} relationships", rel.rel_type()),
-                    writes.len() as i64,
-                );
-                self.confirmed(txn, q, what, n, Returns::RowsAndConfirmed)
-                    .await?;
-            }
-        }
-        let ids = touched_stories(batch);
-        if !ids.is_empty() {
-            let n = ids.len() as i64;
-            let q = query(cypher::STORY_REV_BUMP)
-                .param("gen", gen)
-                .param("ids", ids);
-            self.confirmed(txn, q, "story revisions".into(), n, Returns::Rows)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Plans every per-group statement now, in a transaction that is rolled back: a plan
-    /// takes 0.1-0.8 s to make on the bench machine, and the first small batches of a live
-    /// run should not pay that one statement at a time.
-    pub(super) async fn plan_small_statements(&self) -> Result<(), WriteError> {
+    /// Plans the rest of a commit's statements now, in a transaction that is rolled back:
+    /// a plan took 0.1-0.8 s to make on the bench machine, and the first small batches of a
+    /// live run should not pay that.
+    pub(super) async fn plan_commit_statements(&self) -> Result<(), WriteError> {
         let mut txn = self.start_txn().await?;
         let res = async {
-            for group in Group::ALL {
-                let q = query(&cypher::node_upsert(*group))
-                    .param("gen", "warm-up")
-                    .param("rows", list([]));
-                self.confirmed(
-                    &mut txn,
-                    q,
-                    format!("{group} plan"),
-                    0,
-                    Returns::RowsAndConfirmed,
-                )
-                .await?;
-            }
-            for rel in Rel::ALL {
-                let q = query(&cypher::rel_upsert(*rel))
-                    .param("gen", "warm-up")
-                    .param("rows", list([]));
-                self.confirmed(
-                    &mut txn,
-                    q,
-                    format!("{rel:?} plan"),
-                    0,
-                    Returns::RowsAndConfirmed,
-                )
-                .await?;
-            }
-            let q = query(cypher::STORY_REV_BUMP)
-                .param("gen", "warm-up")
-                .param("ids", Vec::<String>::new());
-            self.confirmed(&mut txn, q, "story revisions plan".into(), 0, Returns::Rows)
-                .await?;
             // The rest of a commit and the cache step's read: the story context read alone
             // took 0.5 s on its first call.
             let none = || list([]);
@@ -352,6 +249,7 @@ impl GraphSink {
                     .param("projector", "warm-up")
                     .param("rows", none()),
                 query(cypher::OUTBOX_DONE).param("ids", none()),
+                query(cypher::STORY_REV_BUMP).param("ids", none()),
                 query(cypher::STORY_CONTEXT).param("ids", none()),
             ];
             for q in rest {
@@ -370,26 +268,6 @@ impl GraphSink {
     }
 }
 
-/// One statement of a small batch.
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    Node(Group),
-    Rel(Rel),
-}
-
-/// Whether a statement writes (and so write-locks until the commit) a story node: a
-/// story's groups and every relationship with a story end (creating or merging one locks
-/// both ends). Every event of every stream writes its story (`StoryActivity`, `HAS_EVENT`),
-/// so stream workers committing side by side queue on it; written last, the lock is held
-/// for the tail of a transaction instead of all of it.
-fn story_last(step: Step) -> bool {
-    use projections::Label::Story;
-    match step {
-        Step::Node(g) => g.label() == Story,
-        Step::Rel(r) => r.from_label() == Story || r.to_label() == Story,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::row;
@@ -404,26 +282,22 @@ mod tests {
 
     #[test]
     fn a_missing_count_column_is_a_row_shape_error_not_a_default() {
-        // An upsert whose row lacks `confirmed` used to pass as if every row were confirmed.
-        let r = row(vec![("rows", 2i64.into())]);
-        let e = check_counts(&r, "x".into(), 2, Returns::RowsAndConfirmed).unwrap_err();
-        assert!(shape(e).contains("column confirmed"));
         // A row lacking `rows` used to read as -1 rows: an Unconfirmed write (park the
         // event) for what is a statement of ours returning the wrong columns.
         let r = row(vec![("n", 2i64.into())]);
-        let e = check_counts(&r, "x".into(), 2, Returns::Rows).unwrap_err();
+        let e = check_counts(&r, "x".into(), 2).unwrap_err();
         assert!(shape(e).contains("column rows"));
     }
 
     #[test]
     fn counts_short_of_expected_are_unconfirmed() {
-        let r = row(vec![("rows", 2i64.into()), ("confirmed", 1i64.into())]);
-        let e = check_counts(&r, "x".into(), 2, Returns::RowsAndConfirmed).unwrap_err();
+        let r = row(vec![("rows", 1i64.into())]);
+        let e = check_counts(&r, "x".into(), 2).unwrap_err();
         assert!(
             matches!(e, WriteError::Unconfirmed { confirmed: 1, .. }),
             "{e:?}"
         );
         let r = row(vec![("rows", 3i64.into())]);
-        assert!(check_counts(&r, "x".into(), 3, Returns::Rows).is_ok());
+        assert!(check_counts(&r, "x".into(), 3).is_ok());
     }
 }

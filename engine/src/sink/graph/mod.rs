@@ -25,7 +25,6 @@ mod parked;
 mod reads;
 mod stories;
 
-pub use batch::ONE_STATEMENT_MIN_ROWS;
 pub use checkpoints::{CheckpointKey, CheckpointMove};
 pub use commit::Commit;
 pub use generations::{GenerationMarker, GenerationSize};

@@ -1,7 +1,7 @@
 //! The transactional outbox: outbound events committed with their batch, published after
 //! it, removed once the publish is confirmed.
 
-use super::batch::{list, map, Returns};
+use super::batch::{list, map};
 use super::{cypher, field, CheckpointKey, GraphSink};
 use crate::error::WriteError;
 use neo4rs::query;
@@ -80,6 +80,6 @@ impl GraphSink {
             .param("projector", projector)
             .param("rows", rows);
         let (what, n) = ("outbox entries".into(), outbox.len() as i64);
-        self.confirmed(txn, q, what, n, Returns::Rows).await
+        self.confirmed(txn, q, what, n).await
     }
 }

@@ -1,7 +1,7 @@
 //! Parked (dead-lettered) events as recorded in the graph: the operator's view, the
 //! per-story block list, and retries that re-project them.
 
-use super::batch::{list, map, opt, Returns};
+use super::batch::{list, map, opt};
 use super::{cypher, field, GraphSink};
 use crate::error::WriteError;
 use neo4rs::{query, BoltType, Row};
@@ -155,7 +155,7 @@ impl GraphSink {
             .param("gen", gen)
             .param("ids", stories.to_vec());
         let (what, n) = ("story revisions".into(), stories.len() as i64);
-        self.confirmed(txn, q, what, n, Returns::Rows).await
+        self.confirmed(txn, q, what, n).await
     }
 
     /// The parked backlog of `gen`: (projector, stream, kind, how many).
@@ -284,7 +284,7 @@ impl GraphSink {
             if !d.lifts.is_empty() {
                 let q = query(cypher::BLOCK_FENCE_LOCK).param("keys", keys.clone());
                 let (what, n) = ("block fences".into(), d.lifts.len() as i64);
-                self.confirmed(&mut txn, q, what, n, Returns::Rows).await?;
+                self.confirmed(&mut txn, q, what, n).await?;
             }
             self.write_ops(&mut txn, gen, batch).await?;
             self.outbox_add(&mut txn, gen, projector, d.outbox).await?;
@@ -302,7 +302,7 @@ impl GraphSink {
                 .param("projector", projector)
                 .param("ids", ids);
             let (what, n) = ("parked records removed".into(), d.parked.len() as i64);
-            self.confirmed(&mut txn, q, what, n, Returns::Rows).await?;
+            self.confirmed(&mut txn, q, what, n).await?;
             let rows = list(d.parked.iter().map(|p| {
                 map(vec![
                     ("id", p.id.as_str().into()),
@@ -316,7 +316,7 @@ impl GraphSink {
                 .param("by", d.by)
                 .param("rows", rows);
             let (what, n) = ("operator decisions".into(), d.parked.len() as i64);
-            self.confirmed(&mut txn, q, what, n, Returns::Rows).await?;
+            self.confirmed(&mut txn, q, what, n).await?;
             if d.lifts.is_empty() {
                 return Ok(Vec::new());
             }
@@ -380,7 +380,7 @@ impl GraphSink {
             .param("projector", projector)
             .param("rows", list(parked.iter().map(|p| p.row(projector))));
         let (what, n) = ("parked events".into(), parked.len() as i64);
-        self.confirmed(txn, q, what, n, Returns::Rows).await?;
+        self.confirmed(txn, q, what, n).await?;
         // Their stories' views now say "blocked": a cached one is stale.
         let stories: std::collections::BTreeSet<String> =
             parked.iter().filter_map(|p| p.story_id.clone()).collect();
