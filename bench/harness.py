@@ -230,7 +230,8 @@ def live_latency(b, env, args, rates, first):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "projector"))
-    ap.add_argument("--stories", type=int, default=3530, help="stories to generate (~28.4 events each)")
+    ap.add_argument("--stories", type=int, default=3700,
+                    help="stories to generate (~28.4 events each; 3700 gives the grown graph of #16 over 100,000 events)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rates", default="200,1000", help="steady publish rates for scenario 5 (events/s)")
     ap.add_argument("--load-seconds", type=int, default=60)
@@ -330,7 +331,8 @@ def main():
         seeds_30x=cu >= 30 * seeds,
         ceiling_80pct=cu >= 0.8 * ceil,
         replay_ge_catch_up=results["rebuild"]["events_per_s"] >= cu,
-        p99_lt_50ms_at_200=bool(lat200 and lat200["p99_ms"] < 50),
+        # Issue #16: the grown graph must hold at least 100,000 projected events.
+        p99_lt_50ms_at_200=bool(lat200 and lat200["p99_ms"] < 50 and results["events"] >= 100_000),
         p99_lt_50ms_at_200_fresh=bool(results["latency_fresh"]["rate"] != 200 or results["latency_fresh"]["p99_ms"] < 50),
         ceiling_85pct=cu >= 0.85 * ceil,
         rss_lt_100mb=rss_peak < 100,
@@ -369,7 +371,7 @@ def table(r):
             f"p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms, max <= {w['max_le_ms']} ms ({w['events']} events) | | |"
         )
     for row in r["latency"]:
-        target = "p99 < 50 ms" if row["rate"] == 200 else ""
+        target = "p99 < 50 ms, >= 100,000 events" if row["rate"] == 200 else ""
         verdict = hit(t["p99_lt_50ms_at_200"]) if row["rate"] == 200 else ""
         lines.append(
             f"| 5. Latency at {row['rate']:.0f} events/s for {r['params']['load_seconds']} s (publish to commit) on the grown graph ({r['events']} events projected){', after the warm-up' if w else ''} | "
