@@ -235,3 +235,34 @@ fn non_test_lines_skips_test_modules_and_items() {
     let kept: Vec<usize> = non_test_lines(text).iter().map(|(n, _)| *n).collect();
     assert_eq!(kept, vec![1, 6, 9]);
 }
+
+/// The Bolt sockets are opened with TCP_NODELAY (D77): without it every request over
+/// neo4rs's 8 KiB write buffer (the batch statement is ~22 KB) waited ~40 ms on the server's
+/// delayed ACK. The option comes from the vendored neo4rs, so a re-vendoring that drops the
+/// line, or a Cargo.toml that stops patching neo4rs, would bring the stall back unseen.
+#[test]
+fn the_bolt_sockets_set_tcp_nodelay() {
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml");
+    let patch = manifest
+        .split("[patch.crates-io]")
+        .nth(1)
+        .expect("Cargo.toml patches crates-io (vendor/neo4rs)");
+    assert!(
+        patch.contains("neo4rs = { path = \"vendor/neo4rs\" }"),
+        "neo4rs is not patched to vendor/neo4rs: {patch}"
+    );
+    let conn = std::fs::read_to_string(repo().join("vendor/neo4rs/src/connection.rs"))
+        .expect("vendor/neo4rs/src/connection.rs");
+    let prepare = conn
+        .split("fn prepare(")
+        .nth(1)
+        .expect("neo4rs's Connection::prepare");
+    let body = prepare
+        .split("\n    }\n")
+        .next()
+        .expect("split yields a first part");
+    assert!(
+        body.contains("set_nodelay(true)?"),
+        "Connection::prepare no longer sets TCP_NODELAY (D77)"
+    );
+}
