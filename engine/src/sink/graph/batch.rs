@@ -82,9 +82,9 @@ fn touched_stories(batch: &CompactBatch) -> Vec<String> {
 }
 
 /// Checks a confirmed statement's one result row: `rows` must equal `expected`. A column
-/// the statement should return and does not is
-/// a [`WriteError::Neo4jRefused`] `projector.RowShape` (a bug of ours, through [`field`]),
-/// never a default that would pass or blame the data.
+/// the statement should return and does not is a [`WriteError::Neo4jRefused`]
+/// `projector.RowShape` (a bug of ours, through [`field`]), never a default that would pass
+/// or blame the data.
 pub(super) fn check_counts(row: &Row, what: String, expected: i64) -> Result<(), WriteError> {
     let n: i64 = field(row, "rows")?;
     if n != expected {
@@ -158,10 +158,10 @@ impl GraphSink {
         self.write_ops_one(txn, gen, batch).await
     }
 
-    /// Every batch, a few events or thousands, is this one statement: one round trip. The
-    /// per-group statements it replaced (D18) were 18 round trips for a small live batch,
-    /// and their "43 ms floor" of the big statement was the Nagle stall of an unflushed Bolt
-    /// write, not planning or execution (D77, D79).
+    /// Every batch, a few events or thousands, is this one statement: one round trip. Small
+    /// batches used to go one statement per group (D18), up to 18 round trips, because this
+    /// statement seemed to cost 43 ms even empty; that was the Nagle stall of a Bolt request
+    /// over neo4rs's 8 KiB write buffer, not Neo4j's work (D77, D79).
     async fn write_ops_one(
         &self,
         txn: &mut neo4rs::Txn,
