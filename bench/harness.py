@@ -196,6 +196,9 @@ def live_latency(b, env, args, rates, first):
             # published) would count minutes-old messages as latency.
             wait_lag_zero(metrics)
             before, count0 = scrape(metrics)
+            # Wall-clock bounds, to line a row up with the servers' logs (Neo4j's checkpoints
+            # in its debug.log, GC pauses in dev/stack's neo4j-gc.log).
+            started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             out = sh([b, "bench", "load", "--rate", rate, "--duration", f"{seconds}s",
                       "--first-story", first, "--seed", args.seed], env=env)
             load = json.loads(out.strip().splitlines()[-1])
@@ -208,7 +211,9 @@ def live_latency(b, env, args, rates, first):
                 time.sleep(0.5)
             else:
                 raise Failed(f"at {rate} events/s only {count - count0} of {load['published']} events committed")
-            row = dict(rate=rate, seconds=seconds, offered=load, **quantiles(before, after))
+            row = dict(rate=rate, seconds=seconds, offered=load, started_at=started_at,
+                       ended_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                       **quantiles(before, after))
             log(f"latency @{rate:.0f}/s for {seconds} s: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max <= {row['max_le_ms']} ms")
             return row
 

@@ -137,8 +137,16 @@ impl Worker {
             let f = &mut out[i];
             while f.broken.is_none() && f.raw.len() < batch {
                 // The stream that woke us lingers 2 ms for the rest of its pull (catch-up
-                // batches); the others give what they already hold.
-                let next = if i == hot {
+                // batches) while the consumer says more is pending; the others, and a hot
+                // stream with nothing pending (live load: the next event is not published
+                // yet), give what they already hold.
+                let more = f
+                    .raw
+                    .last()
+                    // No metadata: no linger; the sequence check reports the message.
+                    .and_then(|m| m.info().ok())
+                    .is_some_and(|info| info.pending > 0);
+                let next = if i == hot && more {
                     match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
                         Ok(n) => n,
                         Err(_) => break,
