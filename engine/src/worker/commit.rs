@@ -233,17 +233,19 @@ impl Worker {
         if outbox.is_empty() {
             return Ok(());
         }
-        // One retry loop for the whole outbox, not one built per event.
+        // Sent together, confirmed together, retried together (the message ids make the
+        // confirmed ones no-ops on a retry).
         let retrier = self.group_retrier();
+        let events: Vec<projections::Outbound> = outbox.iter().map(|o| o.event.clone()).collect();
+        let (js, prefix) = (&self.sh.js, &self.cfg.subject_prefix);
+        retrier
+            .run_waiting(
+                "publish outbound events",
+                || crate::sink::outbound::publish_all(js, prefix, &events),
+                || ack::progress(self, inflight),
+            )
+            .await?;
         for o in outbox {
-            let (js, prefix) = (&self.sh.js, &self.cfg.subject_prefix);
-            retrier
-                .run_waiting(
-                    "publish outbound event",
-                    || crate::sink::outbound::publish(js, prefix, &o.event),
-                    || ack::progress(self, inflight),
-                )
-                .await?;
             self.sh
                 .metrics
                 .outbound
